@@ -1,0 +1,2 @@
+"""torch.library custom ops (one module per family), their fakes, autograd and launchers."""
+from dgmfast.ops import coupling  # noqa: F401
