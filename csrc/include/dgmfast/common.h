@@ -35,6 +35,10 @@ DGM_HOST_DEVICE DGM_INLINE double max(double a, double b) { return ::fmax(a, b);
 DGM_HOST_DEVICE DGM_INLINE float min(float a, float b) { return ::fminf(a, b); }
 DGM_HOST_DEVICE DGM_INLINE double min(double a, double b) { return ::fmin(a, b); }
 
+// x >= 0 ? a : b (the CPU overload for vectors selects per lane).
+template <typename T>
+DGM_HOST_DEVICE DGM_INLINE T where_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
+
 // softplus(x) = log(1 + exp(x)), stable for any |x|.
 template <typename T>
 DGM_HOST_DEVICE DGM_INLINE T softplus(T x) {

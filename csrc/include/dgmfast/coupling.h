@@ -46,9 +46,11 @@ DGM_HOST_DEVICE DGM_INLINE T affine_log_scale(T r, T clamp, T eps, T* ds) {
     if constexpr (NEED_DS) *ds = T(1) - th * th;
     return clamp * th;
   } else if constexpr (MAP == kMapLogSigmoid) {
+    // log sigmoid(v) = min(v, 0) - log1p(e), sigmoid(-v) = (v >= 0 ? e : 1) / (1 + e), e = exp(-|v|)
     T v = r + T(2);
-    if constexpr (NEED_DS) *ds = dgm::sigmoid(T(0) - v);
-    return T(0) - dgm::softplus(T(0) - v);
+    T e = dgm::exp(T(0) - dgm::abs(v));
+    if constexpr (NEED_DS) *ds = dgm::where_nonneg(v, e, T(1)) / (T(1) + e);
+    return dgm::min(v, T(0)) - dgm::log1p(e);
   } else {
     T sg = dgm::sigmoid(r + T(2));
     T d = sg + eps;
