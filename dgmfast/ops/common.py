@@ -79,3 +79,55 @@ def check_like(name, t, ref_name, ref, *, shape=None):
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# ---- randomness (SPEC §0): one 64-bit seed per call, drawn from the generator ---------------------
+
+def draw_seed(generator=None) -> torch.Tensor:
+    """A CPU int64 scalar tensor holding a seed in [0, 2**63) drawn from `generator` (default: torch's
+    global CPU generator, so torch.manual_seed makes runs reproducible). Kernels derive every element's
+    noise from (seed, element index) with Philox (csrc/include/dgmfast/philox.h, kernels/_random.py);
+    ops take the seed as a tensor so torch.compile does not specialize on its value."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**63 - 1, (), generator=generator, device=device, dtype=torch.int64).cpu()
+
+
+def philox_reference(n: int, seed: int, stream: int = 0, device="cpu"):
+    """The words (4 uint32 as int64, shape [4, n]) Philox4x32-10 gives for elements 0..n-1: a plain
+    PyTorch mirror of the kernels' generator, used by references and tests to reproduce in-kernel noise."""
+    m32 = 0xFFFFFFFF
+    idx = torch.arange(n, dtype=torch.int64, device=device)
+    c0, c1 = idx & m32, (idx >> 32) & m32
+    c2, c3 = torch.full_like(idx, stream & m32), torch.zeros_like(idx)
+    k0, k1 = seed & m32, (seed >> 32) & m32
+    for _ in range(10):
+        p0, p1 = c0 * 0xD2511F53, c2 * 0xCD9E8D57  # int64 wraps; the low 32 bits stay exact
+        p0_hi, p1_hi = _mulhi32(c0, 0xD2511F53), _mulhi32(c2, 0xCD9E8D57)
+        n0, n2 = p1_hi ^ c1 ^ k0, p0_hi ^ c3 ^ k1
+        c1, c3 = p1 & m32, p0 & m32
+        c0, c2 = n0, n2
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return torch.stack([c0, c1, c2, c3])
+
+
+def _mulhi32(a: torch.Tensor, b: int) -> torch.Tensor:
+    """High 32 bits of the 64-bit product of uint32 values a (int64 tensor) and b, without overflow."""
+    a_lo, a_hi = a & 0xFFFF, a >> 16
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    mid = a_hi * b_lo + ((a_lo * b_lo) >> 16)
+    mid2 = a_lo * b_hi + (mid & 0xFFFF)
+    return a_hi * b_hi + (mid >> 16) + (mid2 >> 16)
+
+
+def uniform_from_words(words: torch.Tensor) -> torch.Tensor:
+    """[0, 1) float32 from Philox words as the kernels form it (top 24 bits)."""
+    return (words >> 8).to(torch.float32) * 2.0**-24
+
+
+def normal_from_words(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Box-Muller as the kernels form it: float32 math on u1 in (0, 1], u2 in [0, 1)."""
+    u1 = ((w1 >> 8) + 1).to(torch.float32) * 2.0**-24
+    u2 = uniform_from_words(w2)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
