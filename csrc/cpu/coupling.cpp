@@ -26,8 +26,8 @@ void affine_coupling_fwd_impl(const at::Tensor& x, const at::Tensor& r, const at
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const int64_t xs = row_stride(x), rs = row_stride(r), ts = row_stride(t);
-  const math_t clamp = clamp_d, eps = eps_d, sign = reverse ? -1 : 1;
-  const Vec vclamp(clamp), veps(eps), vsign(sign);
+  const math_t clamp = clamp_d, eps = eps_d;
+  const Vec vclamp(clamp), veps(eps);
 
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
     const scalar_t *xb = xp + b * xs, *rb = rp + b * rs, *tb = tp + b * ts;
@@ -37,7 +37,7 @@ void affine_coupling_fwd_impl(const at::Tensor& x, const at::Tensor& r, const at
     for (; i + IO::kSize <= hi; i += IO::kSize) {
       Vec s;
       Vec out = affine_coupling_fwd_elem<MAP>(IO::load(xb + i), IO::load(rb + i), IO::load(tb + i), vclamp,
-                                              veps, vsign, shift_first, &s);
+                                              veps, reverse, shift_first, &s);
       IO::store(yb + i, out);
       vacc = vacc + s;
     }
@@ -46,7 +46,7 @@ void affine_coupling_fwd_impl(const at::Tensor& x, const at::Tensor& r, const at
       math_t s;
       yb[i] = static_cast<scalar_t>(affine_coupling_fwd_elem<MAP>(
           static_cast<math_t>(xb[i]), static_cast<math_t>(rb[i]), static_cast<math_t>(tb[i]), clamp, eps,
-          sign, shift_first, &s));
+          reverse, shift_first, &s));
       acc += s;
     }
     return acc;
@@ -70,8 +70,8 @@ void affine_coupling_bwd_impl(const at::Tensor& x, const at::Tensor& r, const at
   scalar_t* grp = gr.mutable_data_ptr<scalar_t>();
   scalar_t* gtp = gt != nullptr ? gt->mutable_data_ptr<scalar_t>() : nullptr;
   const int64_t xs = row_stride(x), rs = row_stride(r), ts = row_stride(t), gys = row_stride(gy);
-  const math_t clamp = clamp_d, eps = eps_d, sign = reverse ? -1 : 1;
-  const Vec vclamp(clamp), veps(eps), vsign(sign);
+  const math_t clamp = clamp_d, eps = eps_d;
+  const Vec vclamp(clamp), veps(eps);
 
   parallel_rows<math_t>(B, N, nullptr, [&](int64_t b, int64_t lo, int64_t hi) {
     const scalar_t *xb = xp + b * xs, *rb = rp + b * rs, *tb = tp + b * ts, *gyb = gyp + b * gys;
@@ -83,19 +83,19 @@ void affine_coupling_bwd_impl(const at::Tensor& x, const at::Tensor& r, const at
       Vec g_in, g_r;
       Vec g_out = IO::load(gyb + i);
       affine_coupling_bwd_elem<MAP>(IO::load(xb + i), IO::load(rb + i), IO::load(tb + i), g_out, vgld, vclamp,
-                                    veps, vsign, shift_first, &g_in, &g_r);
+                                    veps, reverse, shift_first, &g_in, &g_r);
       IO::store(gxb + i, g_in);
       IO::store(grb + i, g_r);
-      if (gtb != nullptr) IO::store(gtb + i, vsign * (shift_first ? g_in : g_out));
+      if (gtb != nullptr) IO::store(gtb + i, Vec(0) - (shift_first ? g_in : g_out));  // reverse only
     }
     for (; i < hi; ++i) {
       math_t g_in, g_r, g_out = static_cast<math_t>(gyb[i]);
       affine_coupling_bwd_elem<MAP>(static_cast<math_t>(xb[i]), static_cast<math_t>(rb[i]),
-                                    static_cast<math_t>(tb[i]), g_out, g_logdet, clamp, eps, sign, shift_first,
+                                    static_cast<math_t>(tb[i]), g_out, g_logdet, clamp, eps, reverse, shift_first,
                                     &g_in, &g_r);
       gxb[i] = static_cast<scalar_t>(g_in);
       grb[i] = static_cast<scalar_t>(g_r);
-      if (gtb != nullptr) gtb[i] = static_cast<scalar_t>(sign * (shift_first ? g_in : g_out));
+      if (gtb != nullptr) gtb[i] = static_cast<scalar_t>(-(shift_first ? g_in : g_out));
     }
     return math_t(0);
   });

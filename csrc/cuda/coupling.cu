@@ -23,7 +23,7 @@ __global__ void affine_coupling_fwd_kernel(const scalar_t* __restrict__ x,  // [
                                            opmath_t<scalar_t>* __restrict__ partial,  // [B, chunks]
                                            int64_t N, int64_t chunks, int64_t xs, int64_t rs, int64_t ts,
                                            opmath_t<scalar_t> clamp, opmath_t<scalar_t> eps,
-                                           opmath_t<scalar_t> sign, bool shift_first) {
+                                           bool reverse, bool shift_first) {
   using math_t = opmath_t<scalar_t>;
   const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk;
   const int64_t hi = lo + kChunk < N ? lo + kChunk : N;
@@ -36,7 +36,7 @@ __global__ void affine_coupling_fwd_kernel(const scalar_t* __restrict__ x,  // [
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     math_t s;
     y[i] = static_cast<scalar_t>(affine_coupling_fwd_elem<MAP>(
-        static_cast<math_t>(x[i]), static_cast<math_t>(r[i]), static_cast<math_t>(t[i]), clamp, eps, sign,
+        static_cast<math_t>(x[i]), static_cast<math_t>(r[i]), static_cast<math_t>(t[i]), clamp, eps, reverse,
         shift_first, &s));
     acc += s;
   }
@@ -53,7 +53,7 @@ __global__ void affine_coupling_bwd_kernel(const scalar_t* __restrict__ x, const
                                            scalar_t* __restrict__ gt,  // nullptr in the forward direction
                                            int64_t N, int64_t chunks, int64_t xs, int64_t rs, int64_t ts,
                                            int64_t gys, opmath_t<scalar_t> clamp, opmath_t<scalar_t> eps,
-                                           opmath_t<scalar_t> sign, bool shift_first) {
+                                           bool reverse, bool shift_first) {
   using math_t = opmath_t<scalar_t>;
   const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk;
   const int64_t hi = lo + kChunk < N ? lo + kChunk : N;
@@ -68,11 +68,11 @@ __global__ void affine_coupling_bwd_kernel(const scalar_t* __restrict__ x, const
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     math_t g_in, g_r, g_out = static_cast<math_t>(gy[i]);
     affine_coupling_bwd_elem<MAP>(static_cast<math_t>(x[i]), static_cast<math_t>(r[i]),
-                                  static_cast<math_t>(t[i]), g_out, g_logdet, clamp, eps, sign, shift_first,
+                                  static_cast<math_t>(t[i]), g_out, g_logdet, clamp, eps, reverse, shift_first,
                                   &g_in, &g_r);
     gx[i] = static_cast<scalar_t>(g_in);
     gr[i] = static_cast<scalar_t>(g_r);
-    if (gt != nullptr) gt[b * N + i] = static_cast<scalar_t>(sign * (shift_first ? g_in : g_out));
+    if (gt != nullptr) gt[b * N + i] = static_cast<scalar_t>(-(shift_first ? g_in : g_out));  // reverse only
   }
 }
 
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_cuda(const at::Tensor& x_
                 x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
                 y.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<math_t>(), N, rc.chunks, row_stride(x),
                 row_stride(r), row_stride(t), static_cast<math_t>(clamp), static_cast<math_t>(eps),
-                math_t(reverse ? -1 : 1), shift_first);
+                reverse, shift_first);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);
@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_bwd_cuda(
                 gy.const_data_ptr<scalar_t>(), gld.const_data_ptr<math_t>(), gx.mutable_data_ptr<scalar_t>(),
                 gr.mutable_data_ptr<scalar_t>(), reverse ? gt.mutable_data_ptr<scalar_t>() : nullptr, N,
                 rc.chunks, row_stride(x), row_stride(r), row_stride(t), row_stride(gy),
-                static_cast<math_t>(clamp), static_cast<math_t>(eps), math_t(reverse ? -1 : 1), shift_first);
+                static_cast<math_t>(clamp), static_cast<math_t>(eps), reverse, shift_first);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);

@@ -6,7 +6,7 @@
 //
 // Both directions are one map  out = shift_first ? (in + sign*t)*e : in*e + sign*t  with
 // sign = +1 (forward) or -1 (reverse), e = exp(sign*s), shift_first = (order == shift_scale) != reverse,
-// and logdet = sum(sign*s). Gradients: g_in = g*e, g_r = sign*s'(r)*(g*out_scaled + g_logdet) with
+// and logdet = sum(sign*s). e is formed without a log where the map allows (see affine_scale). Gradients: g_in = g*e, g_r = sign*s'(r)*(g*out_scaled + g_logdet) with
 // out_scaled = the part of out multiplied by e, and g_t = sign*(shift_first ? g_in : g).
 #pragma once
 
@@ -35,51 +35,62 @@ inline bool dispatch_scale_map(int64_t scale_map, double eps, const F& f) {
   }
 }
 
-// s = scale_map(r); with NEED_DS also *ds = ds/dr.
-template <int MAP, bool NEED_DS, typename T>
-DGM_HOST_DEVICE DGM_INLINE T affine_log_scale(T r, T clamp, T eps, T* ds) {
+// The scale factor exp(s) (exp(-s) when reverse) of s = scale_map(r), formed without a log where the
+// map allows (sigmoid: exp(s) = sigmoid(v)); with NEED_S also *s = s, with NEED_DS also *ds = ds/dr.
+template <int MAP, bool NEED_S, bool NEED_DS, typename T>
+DGM_HOST_DEVICE DGM_INLINE T affine_scale(T r, T clamp, T eps, bool reverse, T* s, T* ds) {
   if constexpr (MAP == kMapExp) {
+    if constexpr (NEED_S) *s = r;
     if constexpr (NEED_DS) *ds = T(1);
-    return r;
+    return dgm::exp(reverse ? T(0) - r : r);
   } else if constexpr (MAP == kMapTanh) {
     T th = dgm::tanh(r / clamp);
+    T sc = clamp * th;
+    if constexpr (NEED_S) *s = sc;
     if constexpr (NEED_DS) *ds = T(1) - th * th;
-    return clamp * th;
+    return dgm::exp(reverse ? T(0) - sc : sc);
   } else if constexpr (MAP == kMapLogSigmoid) {
-    // log sigmoid(v) = min(v, 0) - log1p(e), sigmoid(-v) = (v >= 0 ? e : 1) / (1 + e), e = exp(-|v|)
+    // e = exp(-|v|): sigmoid(v) = (v >= 0 ? 1 : e) / (1 + e), log sigmoid(v) = min(v, 0) - log1p(e),
+    // ds = sigmoid(-v) = (v >= 0 ? e : 1) / (1 + e)
     T v = r + T(2);
     T e = dgm::exp(T(0) - dgm::abs(v));
-    if constexpr (NEED_DS) *ds = dgm::where_nonneg(v, e, T(1)) / (T(1) + e);
-    return dgm::min(v, T(0)) - dgm::log1p(e);
+    T one_e = T(1) + e;
+    if constexpr (NEED_S) *s = dgm::min(v, T(0)) - dgm::log1p(e);
+    if constexpr (NEED_DS) *ds = dgm::where_nonneg(v, e, T(1)) / one_e;
+    T num = dgm::where_nonneg(v, T(1), e);
+    return reverse ? one_e / num : num / one_e;
   } else {
     T sg = dgm::sigmoid(r + T(2));
     T d = sg + eps;
+    if constexpr (NEED_S) *s = dgm::log(d);
     if constexpr (NEED_DS) *ds = sg * (T(1) - sg) / d;
-    return dgm::log(d);
+    return reverse ? T(1) / d : d;
   }
 }
 
-// One element of the coupling in the direction given by sign; returns out, sets *s_signed.
+// One element of the coupling in either direction; returns out and sets *s_signed = sign * s
+// (its log-det contribution), sign = -1 in reverse.
 template <int MAP, typename T>
-DGM_HOST_DEVICE DGM_INLINE T affine_coupling_fwd_elem(T x, T r, T t, T clamp, T eps, T sign,
+DGM_HOST_DEVICE DGM_INLINE T affine_coupling_fwd_elem(T x, T r, T t, T clamp, T eps, bool reverse,
                                                       bool shift_first, T* s_signed) {
-  T s = sign * affine_log_scale<MAP, false>(r, clamp, eps, static_cast<T*>(nullptr));
-  T e = dgm::exp(s);
-  *s_signed = s;
-  return shift_first ? (x + sign * t) * e : x * e + sign * t;
+  T s;
+  T e = affine_scale<MAP, true, false>(r, clamp, eps, reverse, &s, static_cast<T*>(nullptr));
+  *s_signed = reverse ? T(0) - s : s;
+  T signed_t = reverse ? T(0) - t : t;
+  return shift_first ? (x + signed_t) * e : x * e + signed_t;
 }
 
 // Gradients of one element: *g_in and *g_r (g_t is sign*(shift_first ? g_in : g_out)).
 template <int MAP, typename T>
 DGM_HOST_DEVICE DGM_INLINE void affine_coupling_bwd_elem(T x, T r, T t, T g_out, T g_logdet, T clamp,
-                                                         T eps, T sign, bool shift_first, T* g_in,
+                                                         T eps, bool reverse, bool shift_first, T* g_in,
                                                          T* g_r) {
   T ds;
-  T s = sign * affine_log_scale<MAP, true>(r, clamp, eps, &ds);
-  T e = dgm::exp(s);
-  T out_scaled = shift_first ? (x + sign * t) * e : x * e;
+  T e = affine_scale<MAP, false, true>(r, clamp, eps, reverse, static_cast<T*>(nullptr), &ds);
+  T out_scaled = shift_first ? (x + (reverse ? T(0) - t : t)) * e : x * e;
   *g_in = g_out * e;
-  *g_r = sign * ds * (g_out * out_scaled + g_logdet);
+  T g_r_unsigned = ds * (g_out * out_scaled + g_logdet);
+  *g_r = reverse ? T(0) - g_r_unsigned : g_r_unsigned;
 }
 
 }  // namespace dgm
