@@ -5,7 +5,9 @@ Importing dgmfast never compiles anything and never touches CUDA. If the extensi
 backends that need no extension (triton, torch).
 """
 import importlib
+import os
 import platform
+import sys
 import warnings
 
 import torch
@@ -16,6 +18,15 @@ class DgmfastWarning(UserWarning):
 
 
 _state = {"module": None, "error": None, "loaded": False}
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str):
+    """A DgmfastWarning attributed to the first caller outside the dgmfast package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DgmfastWarning, stacklevel=level)
 
 
 def _load():
@@ -25,12 +36,10 @@ def _load():
             _state["module"] = importlib.import_module("dgmfast._C")
         except (ImportError, OSError) as e:  # absent, or built against another torch
             _state["error"] = f"{type(e).__name__}: {e}"
-            warnings.warn(
-                "dgmfast: the compiled extension dgmfast._C is not available "
-                f"({_state['error']}); the cpu and cuda backends are disabled and ops run on "
-                "triton (CUDA tensors) or the torch reference. Rebuild with "
-                "`pip install --no-build-isolation -e .` to enable them.",
-                DgmfastWarning, stacklevel=3)
+            warn("dgmfast: the compiled extension dgmfast._C is not available "
+                 f"({_state['error']}); the cpu and cuda backends are disabled and ops run on "
+                 "triton (CUDA tensors) or the torch reference. Rebuild with "
+                 "`pip install --no-build-isolation -e .` to enable them.")
     return _state["module"]
 
 

@@ -12,11 +12,10 @@ import contextvars
 import functools
 import importlib.util
 import os
-import warnings
 
 import torch
 
-from dgmfast._ext import DgmfastWarning, build_info, cpu_supports, extension_error, has_extension
+from dgmfast._ext import build_info, cpu_supports, extension_error, has_extension, warn
 
 BACKENDS = ("triton", "cuda", "cpu", "torch")
 PRIORITY = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
@@ -131,9 +130,8 @@ def select_backend(op: str, device: torch.device, dtype: torch.dtype = torch.flo
             ext_missing = skipped and skipped[0][0] in ("cpu", "cuda") and not has_extension()
             if skipped and not ext_missing and (op, device.type, skipped[0][0]) not in _warned:
                 _warned.add((op, device.type, skipped[0][0]))
-                warnings.warn(f"dgmfast: {op} on {device.type} runs on the {name} backend because "
-                              + "; ".join(f"{n} refused: {', '.join(r)}" for n, r in skipped),
-                              DgmfastWarning, stacklevel=3)
+                warn(f"dgmfast: {op} on {device.type} runs on the {name} backend because "
+                     + "; ".join(f"{n} refused: {', '.join(r)}" for n, r in skipped))
             return name
         skipped.append((name, reasons))
     raise AssertionError("unreachable: the torch backend accepts every input")

@@ -1,0 +1,108 @@
+"""Shared pieces of the end-to-end training comparisons (train_flow.py, train_vae.py).
+
+The same model is trained twice from the same seed: once with every dgmfast op on the plain-PyTorch
+reference (`use_backend("torch")`) and once on the fastest dgmfast backend of the device. We record
+the loss per step, the median step time and the memory autograd keeps for backward (the activation
+memory that dominates a training step's peak; on CUDA also the allocator's peak).
+"""
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import dgmfast
+from benchmarks.harness import dgmfast_backends
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def fused_backend(device):
+    names = dgmfast_backends(device)
+    return names[0] if names else "torch"
+
+
+def saved_bytes_of(fn):
+    """Runs fn() and returns (its result, bytes of distinct storages saved for backward meanwhile)."""
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, progress=None):
+    """Trains build() for `steps` Adam steps on batches(step) with every dgmfast op on `backend`.
+
+    loss_fn(model, batch) -> scalar loss. Returns losses per step, step times (ms), saved-for-backward
+    bytes of one step and, on CUDA, the allocator's peak.
+    """
+    torch.manual_seed(seed)
+    with dgmfast.use_backend(backend):
+        model = build().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        losses, times, saved = [], [], None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for step in range(steps):
+            batch = batches(step)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            if saved is None:
+                loss, saved = saved_bytes_of(lambda: loss_fn(model, batch))
+            else:
+                loss = loss_fn(model, batch)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+            losses.append(loss.item())
+            if progress is not None:
+                progress.update(1)
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return dict(backend=backend, model=model, losses=losses, step_ms=statistics.median(times[1:] or times),
+                saved_bytes=saved, cuda_peak_bytes=peak)
+
+
+def compare(runs):
+    """Summary of a reference run vs a fused run of the same model and seed."""
+    ref, fused = runs
+    rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref["losses"][:100], fused["losses"][:100])]
+    out = dict(step_ms_reference=ref["step_ms"], step_ms_dgmfast=fused["step_ms"],
+               speedup=ref["step_ms"] / fused["step_ms"], saved_mib_reference=ref["saved_bytes"] / 2**20,
+               saved_mib_dgmfast=fused["saved_bytes"] / 2**20,
+               memory_reduction=1 - fused["saved_bytes"] / ref["saved_bytes"] if ref["saved_bytes"] else None,
+               max_rel_loss_diff_first_100=max(rel) if rel else None, dgmfast_backend=fused["backend"])
+    if ref["cuda_peak_bytes"] is not None:
+        out.update(cuda_peak_mib_reference=ref["cuda_peak_bytes"] / 2**20,
+                   cuda_peak_mib_dgmfast=fused["cuda_peak_bytes"] / 2**20)
+    return out
+
+
+def plot_curves(curves, path, ylabel, title):
+    """curves: {label: list of values per step}; one line each on one axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, ys) in enumerate(curves.items()):
+        ax.plot(ys, label=label, lw=1.2, ls="-" if i % 2 == 0 else "--")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, default=lambda o: None)
