@@ -18,13 +18,13 @@ class DgmfastWarning(UserWarning):
 
 
 _state = {"module": None, "error": None, "loaded": False}
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_INTERNAL_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
 
 
 def warn(message: str):
-    """A DgmfastWarning attributed to the first caller outside the dgmfast package."""
+    """A DgmfastWarning attributed to the first caller outside dgmfast (and torch's wrappers)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DgmfastWarning, stacklevel=level)
 
