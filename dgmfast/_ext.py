@@ -23,7 +23,7 @@ _INTERNAL_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os
 
 def warn(message: str):
     """A DgmfastWarning attributed to the first caller outside dgmfast (and torch's wrappers)."""
-    frame, level = sys._getframe(1), 1
+    frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DgmfastWarning, stacklevel=level)
