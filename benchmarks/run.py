@@ -60,6 +60,8 @@ def markdown(head, rows):
     lines = [f"# dgmfast benchmarks: {head['device_name']} ({head['device']})", "",
              f"torch {head['torch']}, triton {head['triton']}, dgmfast {head['dgmfast']} @ {head['commit']}, "
              f"{head['threads']} threads, {head['date']}. Copy ceiling: {head['copy_gbps']:.1f} GB/s. "
+             f"glibc large-block trimming {'off' if head.get('cpu_allocator_tuned') else 'on'} for every "
+             "implementation (dgmfast.tune_cpu_allocator). "
              "Times are medians in ms; speedups are of the fastest dgmfast backend; GB/s counts the bytes a "
              "fused kernel must move; saved = bytes autograd keeps for backward.", "",
              "| op | shape | dtype | mode | eager | compile | " + " | ".join(backends)
@@ -108,8 +110,10 @@ def main(argv=None):
     from tqdm import tqdm
 
     device = torch.device(args.device)
+    allocator_tuned = dgmfast.tune_cpu_allocator()
     ops = set(args.ops.split(",")) if args.ops else None
     head = header(device)
+    head["cpu_allocator_tuned"] = allocator_tuned
     jobs = [(c, dt) for c in all_cases(device, args.quick, ops)
             for dt in (c.gpu_dtypes if device.type == "cuda" else c.dtypes)]
     print(f"{len(jobs)} cases on {head['device_name']}; dgmfast backends: {dgmfast_backends(device)}; "

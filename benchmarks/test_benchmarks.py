@@ -8,6 +8,7 @@ import torch
 import dgmfast
 from benchmarks.harness import all_cases, dgmfast_backends, make_step
 
+dgmfast.tune_cpu_allocator()  # as run.py: the same allocator settings for every implementation
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMPLS = ["eager", "compile", *dgmfast_backends(DEVICE)]
 

@@ -22,9 +22,10 @@ if _os.path.isfile(_os.path.join(_root, "setup.py")) and _os.path.isfile(_os.pat
 
 from dgmfast import functional, nn, ops, reference  # noqa: E402,F401  (ops registers torch.ops.dgmfast.*)
 from dgmfast._ext import DgmfastWarning, build_info, has_extension  # noqa: E402
-from dgmfast.backends import BACKENDS, forced_backend, select_backend, use_backend
+from dgmfast.backends import BACKENDS, forced_backend, select_backend, use_backend  # noqa: E402
+from dgmfast.runtime import tune_cpu_allocator  # noqa: E402
 
 __version__ = "0.1.0"
 del _ilu, _os, _sys, _root
 __all__ = ["functional", "nn", "reference", "use_backend", "forced_backend", "select_backend", "has_extension",
-           "build_info", "BACKENDS", "DgmfastWarning"]
+           "build_info", "BACKENDS", "DgmfastWarning", "tune_cpu_allocator"]
