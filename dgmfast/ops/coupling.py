@@ -26,7 +26,7 @@ def _fwd_triton(x, r, t, scale_map, clamp, eps, shift_first, reverse):
     block, warps = triton_row_config(N, x.device)
     chunks = -(-N // block)
     y = x.new_empty(x.shape)
-    partial = torch.zeros((B, chunks), dtype=logdet_like(x).dtype, device=x.device)
+    partial = torch.empty((B, chunks), dtype=logdet_like(x).dtype, device=x.device)  # every slot written
     if B * chunks > 0:
         _affine_coupling_fwd_kernel[(B * chunks,)](
             x, r, t, y, partial, N, chunks, row_stride(x), row_stride(r), row_stride(t),
