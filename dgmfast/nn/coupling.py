@@ -44,21 +44,25 @@ class AffineCoupling(nn.Module):
         return f"mask={self.mask!r}, parity={self.parity}, " + ", ".join(
             f"{k}={v!r}" for k, v in self.coupling_kwargs.items())
 
+    def _condition(self, x_a, context):
+        return self.conditioner(x_a) if context is None else self.conditioner(x_a, context)
+
     def _coupling(self, x_b, h, reverse):
         log_scale, shift = h.chunk(2, dim=1)
         return F.affine_coupling(x_b, log_scale, shift, reverse=reverse, **self.coupling_kwargs)
 
-    def forward(self, x, reverse=False):
+    def forward(self, x, reverse=False, context=None):
+        """``(y, logdet)``; with ``context`` the conditioner is called as ``conditioner(x_a, context)``."""
         if x.dim() < 2:
             raise ValueError(f"x must be [B, C, ...] or [B, D], got shape {tuple(x.shape)}")
         if self.mask == "channel":
             c_a = x.shape[1] // 2 if self.parity == 0 else x.shape[1] - x.shape[1] // 2
             x_a, x_b = (x[:, :c_a], x[:, c_a:]) if self.parity == 0 else (x[:, -c_a:], x[:, :-c_a])
-            y_b, logdet = self._coupling(x_b, self.conditioner(x_a), reverse)
+            y_b, logdet = self._coupling(x_b, self._condition(x_a, context), reverse)
             return (torch.cat([x_a, y_b], 1) if self.parity == 0 else torch.cat([y_b, x_a], 1)), logdet
         keep = checkerboard_mask(x.shape, self.parity, x.device)
         idx = (~keep).flatten().nonzero().squeeze(1)
-        h = self.conditioner(x * keep.to(x.dtype))
+        h = self._condition(x * keep.to(x.dtype), context)
         inner = 1 if x.dim() == 2 else 2  # [B, D]: alternate over D; images: over the spatial dims
         x_flat, h_flat = x.flatten(inner), h.flatten(inner)
         y_b, logdet = self._coupling(x_flat.index_select(-1, idx), h_flat.index_select(-1, idx), reverse)

@@ -94,13 +94,12 @@ def draw_seed(generator=None) -> torch.Tensor:
     return torch.randint(0, 2**63 - 1, (), generator=generator, device=device, dtype=torch.int64).cpu()
 
 
-def philox_reference(n: int, seed: int, stream: int = 0, device="cpu"):
-    """The words (4 uint32 as int64, shape [4, n]) Philox4x32-10 gives for elements 0..n-1: a plain
-    PyTorch mirror of the kernels' generator, used by references and tests to reproduce in-kernel noise."""
+def philox_words(counters: torch.Tensor, seed: int, stream: int = 0) -> torch.Tensor:
+    """Philox4x32-10 words (uint32 values as int64, shape [4, n]) for int64 `counters`: the plain
+    PyTorch mirror of csrc/include/dgmfast/philox.h and kernels/_random.py."""
     m32 = 0xFFFFFFFF
-    idx = torch.arange(n, dtype=torch.int64, device=device)
-    c0, c1 = idx & m32, (idx >> 32) & m32
-    c2, c3 = torch.full_like(idx, stream & m32), torch.zeros_like(idx)
+    c0, c1 = counters & m32, (counters >> 32) & m32
+    c2, c3 = torch.full_like(counters, stream & m32), torch.zeros_like(counters)
     k0, k1 = seed & m32, (seed >> 32) & m32
     for _ in range(10):
         p0, p1 = c0 * 0xD2511F53, c2 * 0xCD9E8D57  # int64 wraps; the low 32 bits stay exact
@@ -110,6 +109,27 @@ def philox_reference(n: int, seed: int, stream: int = 0, device="cpu"):
         c0, c2 = n0, n2
         k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
     return torch.stack([c0, c1, c2, c3])
+
+
+def philox_uniform(n: int, seed: int, stream: int = 0, device="cpu") -> torch.Tensor:
+    """The float32 uniforms the kernels draw for elements 0..n-1 (word i % 4 of counter i // 4)."""
+    idx = torch.arange(n, dtype=torch.int64, device=device)
+    words = philox_words(idx >> 2, seed, stream)
+    return uniform_from_words(words.gather(0, (idx & 3)[None]).squeeze(0))
+
+
+def philox_normal(n: int, seed: int, stream: int = 0, device="cpu") -> torch.Tensor:
+    """The float32 standard normals the kernels draw for elements 0..n-1 (Box-Muller, see philox.h)."""
+    idx = torch.arange(n, dtype=torch.int64, device=device)
+    words = philox_words(idx >> 2, seed, stream)
+    k = idx & 3
+    pair = (k & 2)[None]
+    b1 = words.gather(0, pair).squeeze(0)
+    b2 = words.gather(0, pair + 1).squeeze(0)
+    u1 = ((b1 >> 8) + 1).to(torch.float32) * 2.0**-24
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = 6.283185307179586 * uniform_from_words(b2)
+    return radius * torch.where((k & 1) == 1, torch.sin(angle), torch.cos(angle))
 
 
 def _mulhi32(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -124,10 +144,3 @@ def _mulhi32(a: torch.Tensor, b: int) -> torch.Tensor:
 def uniform_from_words(words: torch.Tensor) -> torch.Tensor:
     """[0, 1) float32 from Philox words as the kernels form it (top 24 bits)."""
     return (words >> 8).to(torch.float32) * 2.0**-24
-
-
-def normal_from_words(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """Box-Muller as the kernels form it: float32 math on u1 in (0, 1], u2 in [0, 1)."""
-    u1 = ((w1 >> 8) + 1).to(torch.float32) * 2.0**-24
-    u2 = uniform_from_words(w2)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)

@@ -1,9 +1,11 @@
 // Counter-based random numbers shared by the CPU and CUDA kernels (and mirrored bit for bit by
 // kernels/_random.py in Triton), so one seed gives the same noise on every backend.
 //
-// Philox4x32-10 (Salmon et al., Random123). Element i of a call with 64-bit seed s and stream id
-// `stream` uses counter (i_lo, i_hi, stream, 0) and key (s_lo, s_hi). No state, no noise tensor:
-// backward recomputes the noise from (seed, i).
+// Philox4x32-10 (Salmon et al., Random123). One call with counter (g_lo, g_hi, stream, 0) and key
+// (seed_lo, seed_hi) gives four 32-bit words, which serve the four elements i = 4g .. 4g+3 of a call:
+// uniform(i) is word i % 4; normal(i) is the cosine (even i) or sine (odd i) half of Box-Muller on
+// words (2k, 2k+1), k = (i % 4) / 2. No state, no noise tensor: backward recomputes the noise from
+// (seed, i).
 #pragma once
 
 #include <dgmfast/common.h>
@@ -14,8 +16,8 @@ struct Philox4 {
   uint32_t x[4];
 };
 
-DGM_HOST_DEVICE DGM_INLINE Philox4 philox4x32_10(uint64_t index, uint32_t stream, uint64_t seed) {
-  uint32_t c0 = static_cast<uint32_t>(index), c1 = static_cast<uint32_t>(index >> 32), c2 = stream, c3 = 0;
+DGM_HOST_DEVICE DGM_INLINE Philox4 philox4x32_10(uint64_t counter, uint32_t stream, uint64_t seed) {
+  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = stream, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
 #pragma unroll
   for (int round = 0; round < 10; ++round) {
@@ -38,20 +40,58 @@ DGM_HOST_DEVICE DGM_INLINE float uniform_from_bits(uint32_t bits) {
   return static_cast<float>(bits >> 8) * 5.9604644775390625e-08f;  // 2^-24
 }
 
-// Standard normal by Box-Muller from two words: u1 in (0, 1] (never log 0), u2 in [0, 1).
-DGM_HOST_DEVICE DGM_INLINE float normal_from_bits(uint32_t bits1, uint32_t bits2) {
+// Box-Muller radius and angle from two words: u1 in (0, 1] (never log 0), u2 in [0, 1).
+DGM_HOST_DEVICE DGM_INLINE void box_muller(uint32_t bits1, uint32_t bits2, float* radius, float* angle) {
   const float u1 = static_cast<float>((bits1 >> 8) + 1u) * 5.9604644775390625e-08f;
-  const float u2 = uniform_from_bits(bits2);
-  return ::sqrtf(-2.0f * ::logf(u1)) * ::cosf(6.283185307179586f * u2);
+  *radius = ::sqrtf(-2.0f * ::logf(u1));
+  *angle = 6.283185307179586f * uniform_from_bits(bits2);
 }
 
 DGM_HOST_DEVICE DGM_INLINE float philox_uniform(uint64_t index, uint32_t stream, uint64_t seed) {
-  return uniform_from_bits(philox4x32_10(index, stream, seed).x[0]);
+  return uniform_from_bits(philox4x32_10(index >> 2, stream, seed).x[index & 3]);
 }
 
 DGM_HOST_DEVICE DGM_INLINE float philox_normal(uint64_t index, uint32_t stream, uint64_t seed) {
-  const Philox4 r = philox4x32_10(index, stream, seed);
-  return normal_from_bits(r.x[0], r.x[1]);
+  const Philox4 r = philox4x32_10(index >> 2, stream, seed);
+  const int k = static_cast<int>(index & 3);
+  float radius, angle;
+  box_muller(r.x[k & 2], r.x[(k & 2) + 1], &radius, &angle);
+  return radius * ((k & 1) ? ::sinf(angle) : ::cosf(angle));
+}
+
+// Host-side block fills: out[j] = uniform/normal(first + j) for j < n, one Philox call per aligned
+// group of four elements (the group loop is plain integer/float array code the compiler vectorizes).
+template <typename PerElement, typename PerGroup>
+inline void philox_fill(uint64_t first, int64_t n, float* out, const PerElement& one, const PerGroup& four) {
+  int64_t j = 0;
+  for (; j < n && ((first + j) & 3) != 0; ++j) out[j] = one(first + j);
+  const int64_t groups = (n - j) / 4;
+  const uint64_t g0 = (first + j) >> 2;
+  for (int64_t g = 0; g < groups; ++g) four(g0 + g, out + j + 4 * g);
+  for (j += 4 * groups; j < n; ++j) out[j] = one(first + j);
+}
+
+inline void philox_uniform_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
+  philox_fill(
+      first, n, out, [&](uint64_t i) { return philox_uniform(i, stream, seed); },
+      [&](uint64_t g, float* o) {
+        const Philox4 r = philox4x32_10(g, stream, seed);
+        for (int w = 0; w < 4; ++w) o[w] = uniform_from_bits(r.x[w]);
+      });
+}
+
+inline void philox_normal_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
+  philox_fill(
+      first, n, out, [&](uint64_t i) { return philox_normal(i, stream, seed); },
+      [&](uint64_t g, float* o) {
+        const Philox4 r = philox4x32_10(g, stream, seed);
+        for (int k = 0; k < 2; ++k) {
+          float radius, angle;
+          box_muller(r.x[2 * k], r.x[2 * k + 1], &radius, &angle);
+          o[2 * k] = radius * ::cosf(angle);
+          o[2 * k + 1] = radius * ::sinf(angle);
+        }
+      });
 }
 
 }  // namespace dgm

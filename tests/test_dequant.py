@@ -1,0 +1,305 @@
+"""Dequantization (SPEC §6): every backend against the reference given the same (Philox) noise."""
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import dgmfast
+from dgmfast import functional as F
+from dgmfast.ops.common import philox_normal, philox_uniform
+from dgmfast.reference import dequant as ref
+from tests.utils import assert_close, backend, backend_cases
+
+MODES = ["unit", "centered", "logit"]
+KERNEL_CASES = [c for c in backend_cases() if c.values[1] != "torch"]
+
+
+def pixels(shape, bits=8, dtype=torch.uint8, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**bits, shape, generator=g).to(device, dtype)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n_bits,in_bits,int_dtype", [(8, 8, torch.uint8), (5, 8, torch.uint8), (3, 12, torch.int16),
+                                                      (16, 16, torch.int32)])
+def test_uniform_dequantize_matches_reference_given_the_noise(dev, be, mode, n_bits, in_bits, int_dtype):
+    x = pixels((3, 2, 5, 7), in_bits, int_dtype, dev)
+    seed = 1234567
+    with backend(be):
+        y, ld = F.uniform_dequantize(x, n_bits=n_bits, in_bits=in_bits, mode=mode,
+                                     generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(0)
+    drawn = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(seed)))
+    noise = philox_uniform(x.numel(), drawn, device=dev).view(x.shape).double()
+    y64, ld64 = ref.uniform_dequantize(x, noise, n_bits=n_bits, in_bits=in_bits, mode=mode, dtype=torch.float64)
+    assert y.dtype == torch.float32 and ld.dtype == torch.float32
+    assert_close(y, y64, rtol=1e-5, atol=1e-5, name="y")
+    assert_close(ld, ld64, rtol=1e-5, atol=1e-3, name="logdet")
+    # reverse: back to the (bit-reduced) integers, log-det of the inverse
+    with backend(be):
+        x_back, ld_back = F.uniform_dequantize(y, n_bits=n_bits, mode=mode, reverse=True)
+    assert x_back.dtype == (torch.uint8 if n_bits <= 8 else torch.int32)
+    torch.testing.assert_close(x_back.long(), torch.div(x.long(), 2 ** (in_bits - n_bits), rounding_mode="floor"))
+    assert_close(ld_back, -ld64, rtol=1e-4, atol=1e-2, name="reverse logdet")
+
+
+@pytest.mark.parametrize("dev,be", KERNEL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_uniform_dequantize_output_dtypes(dev, be, dtype):
+    x = pixels((2, 3, 4, 9), device=dev)
+    with backend(be):
+        y, ld = F.uniform_dequantize(x, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    with backend("torch"):
+        y_ref, ld_ref = F.uniform_dequantize(x, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert y.dtype == dtype and ld.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-10 if dtype == torch.float64 else 2e-2
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(ld.double(), ld_ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_same_noise_on_every_backend_and_noncontiguous_input(dev, be):
+    base = pixels((4, 6, 5, 3), device=dev)
+    x = base.permute(0, 3, 2, 1)  # not row-contiguous: the noise follows the logical element index
+    with backend(be):
+        y, _ = F.uniform_dequantize(x, mode="unit", generator=torch.Generator().manual_seed(9))
+    with backend("torch"):
+        y_ref, _ = F.uniform_dequantize(x.contiguous(), mode="unit", generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_gaussian_sample_log_prob(dev, be):
+    with backend(be):
+        eps, lp = F.gaussian_sample_log_prob((5, 3, 7), generator=torch.Generator().manual_seed(2), device=dev)
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(eps.flatten(), philox_normal(eps.numel(), seed, device=dev), rtol=0, atol=2e-6)
+    torch.testing.assert_close(lp, ref.gaussian_log_prob(eps.double()).float(), rtol=1e-5, atol=1e-4)
+    with backend(be):
+        eps0, lp0 = F.gaussian_sample_log_prob((0, 3), device=dev)
+    assert eps0.shape == (0, 3) and lp0.shape == (0,)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+@pytest.mark.parametrize("mode", MODES)
+def test_sigmoid_tail_forward_backward(dev, be, mode):
+    x = pixels((3, 2, 5, 7), bits=5, device=dev)
+    v = (3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).to(dev).requires_grad_()
+    w = torch.randn(x.shape, dtype=torch.float64, device=dev)
+    c = torch.randn(3, dtype=torch.float64, device=dev)
+    with backend(be):
+        y, ld = F.dequantize_sigmoid_tail(x, v, n_bits=5, mode=mode)
+    ((y.double() * w).sum() + (ld.double() * c).sum()).backward()
+    v64 = v.detach().double().requires_grad_()
+    y64, ld64 = ref.dequantize_sigmoid_tail(x, v64, n_bits=5, mode=mode)
+    ((y64 * w).sum() + (ld64 * c).sum()).backward()
+    assert_close(y, y64, name="y")
+    assert_close(ld, ld64, rtol=1e-5, atol=1e-3, name="logdet")
+    assert_close(v.grad, v64.grad, rtol=1e-4, atol=1e-5, name="grad_v")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigmoid_tail_gradcheck_reference_and_cpu(mode):
+    x = pixels((2, 3, 4), bits=4)
+    v = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: ref.dequantize_sigmoid_tail(x, v, n_bits=4, mode=mode), (v,))
+    with backend("cpu"):
+        assert torch.autograd.gradcheck(lambda v: F.dequantize_sigmoid_tail(x, v, n_bits=4, mode=mode), (v,))
+
+
+@pytest.mark.parametrize("dev,be", KERNEL_CASES)
+def test_opcheck(dev, be):
+    x = pixels((2, 3, 5), device=dev)
+    seed = torch.tensor(77, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.dgmfast.uniform_dequantize, (x, seed, 8, 8, 2, 0.05, torch.float32, be))
+    y = torch.randn(2, 3, 5, device=dev)
+    torch.library.opcheck(torch.ops.dgmfast.uniform_dequantize_reverse, (y, 8, 2, 0.05, be))
+    torch.library.opcheck(torch.ops.dgmfast.gaussian_sample_log_prob, ([2, 3, 5], seed, torch.float32,
+                                                                        torch.device(dev), be))
+    v = torch.randn(2, 3, 5, device=dev, requires_grad=True)
+    torch.library.opcheck(torch.ops.dgmfast.dequantize_sigmoid_tail_fwd, (x, v, 8, 2, 0.05, be))
+    torch.library.opcheck(torch.ops.dgmfast.dequantize_sigmoid_tail_bwd,
+                          (x, v.detach(), torch.randn_like(y), torch.randn(2, device=dev), 8, 2, 0.05, be))
+
+
+def test_torch_compile_fullgraph():
+    x = pixels((4, 3, 8, 8), bits=5)
+    v = torch.randn(4, 3, 8, 8, requires_grad=True)
+
+    def step(x, v):
+        y, ld = F.dequantize_sigmoid_tail(x, v, n_bits=5)
+        yu, ldu = F.uniform_dequantize(x, n_bits=5, in_bits=5)
+        return (y * y).sum() - ld.sum() + ldu.sum() * 0 + yu.sum() * 0
+
+    with backend("cpu"):
+        eager = step(x, v)
+        (g_eager,) = torch.autograd.grad(eager, v)
+        torch._dynamo.reset()
+        compiled = torch.compile(step, fullgraph=True)
+        out = compiled(x, v)
+        (g_comp,) = torch.autograd.grad(out, v)
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(g_comp, g_eager)
+
+
+# ---- noise quality --------------------------------------------------------------------------------
+
+def _noise(be, n, seed, kind):
+    with backend(be):
+        g = torch.Generator().manual_seed(seed)
+        if kind == "uniform":
+            y, _ = F.uniform_dequantize(torch.zeros(1, n, dtype=torch.uint8), mode="unit", n_bits=8, generator=g)
+            return (y * 256).flatten().double()  # = u exactly (x = 0)
+        eps, _ = F.gaussian_sample_log_prob((1, n), generator=g)
+        return eps.flatten().double()
+
+
+@pytest.mark.parametrize("be,n", [("cpu", 1_000_000), ("triton", 20_000)])
+def test_noise_quality(be, n):
+    """KS against U[0,1) and N(0,1): p > 1e-3 (a fixed seed; a correct generator fails this 0.1% of seeds).
+    Neighbour and call-to-call correlations |r| < 5/sqrt(n) (5 sigma)."""
+    u1, u2 = _noise(be, n, 1, "uniform"), _noise(be, n, 2, "uniform")
+    assert 0 <= u1.min() and u1.max() < 1
+    assert scipy.stats.kstest(u1.numpy(), "uniform").pvalue > 1e-3
+    z = _noise(be, n, 3, "normal")
+    assert scipy.stats.kstest(z.numpy(), "norm").pvalue > 1e-3
+    bound = 5 / math.sqrt(n)
+    for a, b in ((u1[:-1], u1[1:]), (u1[:-4], u1[4:]), (u1, u2), (z[:-1], z[1:]), (z[:-2], z[2:])):
+        assert abs(np.corrcoef(a.numpy(), b.numpy())[0, 1]) < bound
+
+
+def test_seeds_and_manual_seed_reproduce():
+    x = pixels((2, 3, 8, 8))
+    with backend("cpu"):
+        a = F.uniform_dequantize(x, generator=torch.Generator().manual_seed(5))[0]
+        b = F.uniform_dequantize(x, generator=torch.Generator().manual_seed(5))[0]
+        c = F.uniform_dequantize(x, generator=torch.Generator().manual_seed(6))[0]
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert (a != c).float().mean() > 0.99
+        d, e = F.uniform_dequantize(x)[0], F.uniform_dequantize(x)[0]  # consecutive calls differ
+        assert (d != e).float().mean() > 0.99
+
+    def training_step():
+        torch.manual_seed(11)
+        model = dgmfast.nn.VariationalDequantization(3, n_bits=8, hidden=8, context_channels=4)
+        y, lw = model(x)
+        loss = (0.5 * y.square().sum((1, 2, 3)) - lw).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    with backend("cpu"):
+        (l1, g1), (l2, g2) = training_step(), training_step()
+    torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+    for p, q in zip(g1, g2):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# ---- bits/dim ------------------------------------------------------------------------------------
+
+def test_bits_per_dim_by_hand():
+    """A fixed affine flow z = a*y + b with a standard-normal prior on 4 integer pixels."""
+    x = torch.tensor([[3, 0, 7, 5], [1, 2, 6, 4]], dtype=torch.uint8)
+    a, b = 1.7, -0.3
+    with backend("cpu"):
+        y, log_weight = F.uniform_dequantize(x, n_bits=3, in_bits=3, mode="logit",
+                                             generator=torch.Generator().manual_seed(0))
+    z = a * y.double() + b
+    log_p = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(1) + 4 * math.log(a)
+    bpd = F.bits_per_dim(log_p, log_weight.double(), 4)
+    yn = y.double().numpy()
+    p = 1 / (1 + np.exp(-yn))  # logit mode: y = logit(p), p = alpha + (1 - 2 alpha) (x + u)/8
+    hand_ld = (np.log(1 - 2 * 0.05) - np.log(p) - np.log(1 - p)).sum(1) - 4 * math.log(8)
+    hand_log_p = (-0.5 * (a * yn + b) ** 2 - 0.5 * math.log(2 * math.pi)).sum(1) + 4 * math.log(a)
+    np.testing.assert_allclose(log_weight.numpy(), hand_ld, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(bpd.numpy(), -(hand_log_p + hand_ld) / (4 * math.log(2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_uniform_bound_upper_bounds_discrete_nll(dims):
+    """p(y) = N(0, I) in logit space; the discrete model puts P(x) = prod_d [Phi(y_hi) - Phi(y_lo)] on each
+    unit cube (exact integral). E_u[-(log p(y) + logdet)] (5000 noise draws, std error < 2% of the gap)
+    must be >= -log P(x): the dequantization bound."""
+    n_bits, alpha, n = 3, 0.05, 8
+    levels = torch.arange(n, dtype=torch.uint8)
+    grid = torch.cartesian_prod(*[levels] * dims).reshape(-1, dims) if dims > 1 else levels[:, None]
+    reps = 5000
+    x = grid.repeat(reps, 1)
+    with backend("cpu"):
+        y, ld = F.uniform_dequantize(x, n_bits=n_bits, in_bits=n_bits, mode="logit",
+                                     generator=torch.Generator().manual_seed(1))
+    log_p = (-0.5 * y.double() ** 2 - 0.5 * math.log(2 * math.pi)).sum(1)
+    bound = -(log_p + ld.double()).view(reps, -1).mean(0)  # per cube, nats
+    q_edges = torch.arange(n + 1, dtype=torch.float64) / n
+    p_edges = alpha + (1 - 2 * alpha) * q_edges
+    cdf = torch.tensor(scipy.stats.norm.cdf(torch.log(p_edges / (1 - p_edges)).numpy()))
+    mass = cdf[1:] - cdf[:-1]
+    nll = -torch.log(mass[grid.long()]).sum(1)
+    assert torch.all(bound >= nll - 1e-3), (bound - nll).min()
+    assert torch.isfinite(bound).all()
+
+
+# ---- modules, errors, edges ---------------------------------------------------------------------
+
+def test_variational_dequantization_backends_agree_and_train():
+    x = pixels((3, 1, 6, 6), bits=5)
+    torch.manual_seed(0)
+    model = dgmfast.nn.VariationalDequantization(1, n_bits=5, hidden=8, context_channels=4)
+    for p in model.parameters():  # leave the zero init so the flow is not the identity
+        p.data.add_(0.05 * torch.randn_like(p))
+    out = {}
+    for be in ("torch", "cpu"):
+        model.zero_grad()
+        with backend(be):
+            y, lw = model(x, generator=torch.Generator().manual_seed(4))
+        lw.sum().backward()
+        out[be] = (y, lw, [p.grad.clone() for p in model.parameters()])
+        assert torch.isfinite(lw).all()
+        assert ((y > -4) & (y < 4)).all()
+    torch.testing.assert_close(out["cpu"][0], out["torch"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-5, atol=1e-3)
+    for a, b in zip(out["cpu"][2], out["torch"][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    uq = dgmfast.nn.UniformDequantization(n_bits=5)
+    y, lw = uq(x)
+    torch.testing.assert_close(uq.reverse(y), x)
+
+
+def test_bad_inputs_name_the_argument():
+    x = pixels((2, 3))
+    with pytest.raises(TypeError, match=r"x must be an integer tensor .*round\(\)\.to\(torch.uint8\)"):
+        F.uniform_dequantize(torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"x must have values in \[0, 256\).*\[-1, "):
+        F.uniform_dequantize(torch.tensor([[-1, 3]], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"values in \[0, 32\) for 5 bits, got values in \[0, 40\]"):
+        F.uniform_dequantize(torch.tensor([[0, 40]], dtype=torch.uint8), n_bits=5, in_bits=5)
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="n_bits must be an integer in 1..16"):
+            F.uniform_dequantize(x, n_bits=bad)
+    with pytest.raises(ValueError, match="n_bits must be <= in_bits"):
+        F.uniform_dequantize(x, n_bits=9, in_bits=8)
+    for bad in (0.0, 0.5, -0.1):
+        with pytest.raises(ValueError, match=r"alpha must be in \(0, 0.5\)"):
+            F.uniform_dequantize(x, alpha=bad)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.uniform_dequantize(x, mode="sigmoid")
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        F.uniform_dequantize(x, dtype=torch.int32)
+    with pytest.raises(ValueError, match="v must have shape"):
+        F.dequantize_sigmoid_tail(x, torch.randn(2, 4))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        F.uniform_dequantize(x, generator=3)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_empty_batch(dev, be):
+    x = torch.zeros(0, 3, 4, dtype=torch.uint8, device=dev)
+    v = torch.zeros(0, 3, 4, device=dev, requires_grad=True)
+    with backend(be):
+        y, ld = F.uniform_dequantize(x)
+        yt, ldt = F.dequantize_sigmoid_tail(x, v)
+    assert y.shape == (0, 3, 4) and ld.shape == (0,) and yt.shape == (0, 3, 4) and ldt.shape == (0,)
+    (yt.sum() + ldt.sum()).backward()
+    assert v.grad.shape == v.shape
