@@ -73,6 +73,11 @@ def _extensions():
     sources = sorted(glob.glob("csrc/ops.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", *CAPABILITY_FLAGS[cap], f'-DDGM_CPU_CAPABILITY="{cap}"']
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc", "include")])
+    if platform.system() == "Linux":
+        # at::parallel_for is header code: without OpenMP it runs serially. The libgomp.so.1 that torch
+        # loads first serves both, so there is one OpenMP runtime in the process.
+        cxx.append("-fopenmp")
+        kwargs["extra_link_args"] = ["-fopenmp"]
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # A100, H100/H200
