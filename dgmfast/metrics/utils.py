@@ -254,7 +254,10 @@ def discrete_mutual_info(codes, factors, chunk=65536):
     pa, pb = p.sum(axis=3, keepdims=True), p.sum(axis=2, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * (np.log(p) - np.log(pa) - np.log(pb)), 0.0)
-    return np.maximum(terms.sum(axis=(2, 3)), 0.0)
+    mi = np.maximum(terms.sum(axis=(2, 3)), 0.0)
+    mi[ka == 1, :] = 0.0                    # a single-valued column carries no information (exactly, as sklearn)
+    mi[:, kb == 1] = 0.0
+    return mi
 
 
 def top_two_gap(matrix):
