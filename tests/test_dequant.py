@@ -262,9 +262,23 @@ def test_variational_dequantization_backends_agree_and_train():
     torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-5, atol=1e-3)
     for a, b in zip(out["cpu"][2], out["torch"][2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    uq = dgmfast.nn.UniformDequantization(n_bits=5)
+    uq = dgmfast.nn.UniformDequantization(n_bits=5, in_bits=5)
     y, lw = uq(x)
     torch.testing.assert_close(uq.reverse(y), x)
+
+
+def test_uniform_module_drops_bits_like_the_functional():
+    """Defaults match the functional (in_bits=8): n_bits=5 on 8-bit images keeps the top 5 bits (Glow);
+    positional arguments follow the issue's signature (n_bits, mode, alpha)."""
+    x = pixels((2, 3, 4, 4))
+    uq = dgmfast.nn.UniformDequantization(5, "centered", 0.1)
+    assert (uq.n_bits, uq.mode, uq.alpha, uq.in_bits) == (5, "centered", 0.1, 8)
+    with backend("cpu"):
+        y, lw = uq(x, generator=torch.Generator().manual_seed(3))
+        y_f, ld_f = F.uniform_dequantize(x, n_bits=5, mode="centered", generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(y, y_f, rtol=0, atol=0)
+        torch.testing.assert_close(lw, ld_f, rtol=0, atol=0)
+        torch.testing.assert_close(uq.reverse(y), x >> 3)
 
 
 def test_bad_inputs_name_the_argument():
