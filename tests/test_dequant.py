@@ -317,3 +317,85 @@ def test_empty_batch(dev, be):
     assert y.shape == (0, 3, 4) and ld.shape == (0,) and yt.shape == (0, 3, 4) and ldt.shape == (0,)
     (yt.sum() + ldt.sum()).backward()
     assert v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_out_of_range_pixels_raise_on_every_backend(dev, be):
+    """Nothing is clamped: the C++ kernels check while reading x, the other backends in the functional."""
+    x = torch.tensor([[3, 300, 7]], dtype=torch.int16, device=dev)
+    v = torch.zeros(1, 3, device=dev)
+    with backend(be):
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 256\) for 8 bits, got values in \[3, 300\]"):
+            F.uniform_dequantize(x)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 8\) for 3 bits, got values in \[-2, 7\]"):
+            F.uniform_dequantize(torch.tensor([[-2, 7]], dtype=torch.int8, device=dev), n_bits=2, in_bits=3)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits, got values in \[3, 300\]"):
+            F.dequantize_sigmoid_tail(x, v, n_bits=5)
+        with pytest.raises(ValueError, match="must not contain NaN"):
+            F.uniform_dequantize(torch.tensor([[0.3, float("nan")]], device=dev), reverse=True)
+
+
+def test_out_of_range_pixels_raise_under_torch_compile():
+    """Under torch.compile the functional's eager check is skipped; the C++ kernel still refuses."""
+    bad = torch.tensor([[1, 2], [40, 3]], dtype=torch.uint8)
+    v = torch.zeros(2, 2)
+    with backend("cpu"):
+        torch._dynamo.reset()
+        dequant = torch.compile(lambda x: F.uniform_dequantize(x, n_bits=5, in_bits=5)[0], fullgraph=True)
+        tail = torch.compile(lambda x, v: F.dequantize_sigmoid_tail(x, v, n_bits=5)[0], fullgraph=True)
+        assert dequant(bad % 32).shape == (2, 2)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits, got values in \[1, 40\]"):
+            dequant(bad)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits"):
+            tail(bad, v)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_gaussian_log_prob_is_of_the_returned_eps(dev, be, dtype):
+    """log_prob is the density of the eps actually returned (rounded to dtype), as the noise flow sees it."""
+    with backend(be):
+        eps, lp = F.gaussian_sample_log_prob((3, 2, 50), generator=torch.Generator().manual_seed(8), dtype=dtype,
+                                             device=dev)
+    assert eps.dtype == dtype and lp.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6  # float32 sums of 100 terms, |log_prob| ~ 140
+    torch.testing.assert_close(lp.double(), ref.gaussian_log_prob(eps.double()), rtol=tol, atol=tol)
+
+
+def test_consecutive_calls_of_one_generator_are_uncorrelated():
+    """One generator, two calls: fresh seeds, |r| < 5/sqrt(n) (5 sigma) at n = 1e6; the cube of x stays put."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.zeros(1, 1_000_000, dtype=torch.uint8)
+    with backend("cpu"):
+        u1, u2 = (F.uniform_dequantize(x, mode="unit", generator=g)[0].double().flatten() * 256 for _ in range(2))
+        e1, e2 = (F.gaussian_sample_log_prob((1, 1_000_000), generator=g)[0].double().flatten() for _ in range(2))
+    bound = 5 / math.sqrt(x.numel())
+    assert abs(np.corrcoef(u1.numpy(), u2.numpy())[0, 1]) < bound
+    assert abs(np.corrcoef(e1.numpy(), e2.numpy())[0, 1]) < bound
+    assert abs(np.corrcoef(u1.numpy(), e1.numpy())[0, 1]) < bound
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # interpreter: sigmoid's exp(-v) -> inf -> 0
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_sigmoid_tail_noncontiguous_zero_stride_grads_and_extreme_v(dev, be):
+    x = pixels((4, 6, 3), bits=4, device=dev).transpose(1, 2)          # not row-contiguous
+    v = torch.linspace(-1e4, 1e4, 72, dtype=torch.float64).view(4, 6, 3).transpose(1, 2).to(dev)
+    v = v.float().requires_grad_()
+    with backend(be):
+        y, ld = F.dequantize_sigmoid_tail(x, v, n_bits=4)
+    (y.sum() + ld.sum()).backward()                                     # zero-stride incoming grads
+    v64 = v.detach().double().requires_grad_()
+    y64, ld64 = ref.dequantize_sigmoid_tail(x, v64, n_bits=4)
+    (y64.sum() + ld64.sum()).backward()
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all() and torch.isfinite(v.grad).all()
+    assert_close(y, y64, name="y")
+    assert_close(ld, ld64, rtol=1e-6, atol=1e-2, name="logdet")       # |ld| ~ 1e5: float32 sums
+    assert_close(v.grad, v64.grad, rtol=1e-4, atol=1e-5, name="grad_v")
+
+
+def test_uniform_dequantize_output_has_no_gradient_and_bits_per_dim_checks_num_dims():
+    """x is data: y and logdet are constants for autograd (integer x cannot require grad)."""
+    y, ld = F.uniform_dequantize(pixels((2, 3)))
+    assert not y.requires_grad and not ld.requires_grad and y.grad_fn is None
+    with pytest.raises(ValueError, match="num_dims must be a positive integer"):
+        F.bits_per_dim(torch.zeros(2), torch.zeros(2), 0)
