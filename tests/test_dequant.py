@@ -399,3 +399,29 @@ def test_uniform_dequantize_output_has_no_gradient_and_bits_per_dim_checks_num_d
     assert not y.requires_grad and not ld.requires_grad and y.grad_fn is None
     with pytest.raises(ValueError, match="num_dims must be a positive integer"):
         F.bits_per_dim(torch.zeros(2), torch.zeros(2), 0)
+
+
+@pytest.mark.parametrize("dev,be", KERNEL_CASES)
+@pytest.mark.parametrize("alpha", [1e-12, 1e-5, 0.05, 0.499])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logit_logdet_long_rows_and_extreme_alpha(dev, be, alpha, dtype):
+    """Rows longer than a chunk (the CPU loop multiplies p(1-p) factors before one log) with pixels at both
+    ends of the range, so p reaches alpha and 1 - alpha."""
+    x = pixels((3, 2100), device=dev)
+    x[:, :300], x[:, 300:600] = 0, 255
+    with backend(be):
+        y, ld = F.uniform_dequantize(x, alpha=alpha, dtype=dtype, generator=torch.Generator().manual_seed(12))
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(12)))
+    noise = philox_uniform(x.numel(), seed, device=dev).view(x.shape).double()
+    y64, ld64 = ref.uniform_dequantize(x, noise, alpha=alpha, dtype=torch.float64)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    if dtype == torch.float64:
+        assert_close(y, y64, rtol=1e-10, atol=1e-10, name="y")
+        assert_close(ld, ld64, rtol=1e-10, atol=1e-8, name="logdet")
+        return
+    # float32: near p = 1 - alpha with tiny alpha, y = logit(p) amplifies the rounding of q by 1/(1-p);
+    # the bound is the error of the reference run in float32 itself
+    y32, ld32 = ref.uniform_dequantize(x, noise.float(), alpha=alpha, dtype=torch.float32)
+    for name, out, exact, low in (("y", y, y64, y32), ("logdet", ld, ld64, ld32)):
+        err, ref_err = (out.double() - exact).abs(), (low.double() - exact).abs()
+        assert (err <= 2 * ref_err + 1e-5 * (1 + exact.abs())).all(), f"{name}: {err.max():.3g} vs {ref_err.max():.3g}"

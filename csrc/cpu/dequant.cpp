@@ -47,6 +47,7 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
   const int shift = static_cast<int>(in_bits - n_bits);
   const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits)), alpha = alpha_d;
   const Vec valpha(alpha);
+  const int group = logit_factor_group(alpha_d);
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
     alignas(64) float u[kSub];
     alignas(64) math_t q[kSub];
@@ -62,10 +63,22 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
         q[j] = (static_cast<math_t>(xb[j] >> shift) + u[j]) * inv_n;
       }
       int64_t j = 0;
-      for (; j + IO::kSize <= m; j += IO::kSize) {
-        Vec ld;
-        IO::store(yp + b * N + s + j, dequant_map<MODE>(Vec::loadu(q + j), valpha, &ld));
-        vacc = vacc + ld;
+      if constexpr (MODE == kModeLogit) {  // one log per element: see logit_map_factor
+        while (j + IO::kSize <= m) {
+          Vec prod(1);
+          for (int k = 0; k < group && j + IO::kSize <= m; ++k, j += IO::kSize) {
+            Vec factor;
+            IO::store(yp + b * N + s + j, logit_map_factor(Vec::loadu(q + j), valpha, &factor));
+            prod = prod * factor;
+          }
+          vacc = vacc - prod.log();
+        }
+      } else {
+        for (; j + IO::kSize <= m; j += IO::kSize) {
+          Vec ld;
+          IO::store(yp + b * N + s + j, dequant_map<MODE>(Vec::loadu(q + j), valpha, &ld));
+          vacc = vacc + ld;
+        }
       }
       for (; j < m; ++j) {
         math_t ld;
