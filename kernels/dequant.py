@@ -36,6 +36,15 @@ def _scalar(hi, lo, ACC: tl.constexpr):
 
 
 @triton.jit
+def _cube_point(x, u, ACC: tl.constexpr):
+    """x + u kept below x + 1 (see cube_point in csrc/include/dgmfast/dequant.h)."""
+    if ACC == tl.float64:
+        return x + u  # exact (a 24-bit u plus an integer below 2^16): never reaches x + 1
+    else:
+        return tl.minimum(x + u, (x + 1.0) * 0.99999994039535522)  # 1 - 2^-24: the float32 below 1
+
+
+@triton.jit
 def _row_chunk(N, num_chunks, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = pid // num_chunks
@@ -56,7 +65,7 @@ def _uniform_dequantize_fwd_kernel(
     alpha = _scalar(alpha_hi, alpha_lo, ACC)
     x = tl.load(x_ptr + row * x_row + offs, mask=mask, other=0)
     u = philox_uniform(row * N + offs, 0, seed)
-    q = ((x >> shift).to(ACC) + u.to(ACC)) * inv_n
+    q = _cube_point((x >> shift).to(ACC), u.to(ACC), ACC) * inv_n
     y, ld = _dequant_map(q, alpha, MODE)
     tl.store(y_ptr + row * N + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(partial_ptr + pid, tl.sum(tl.where(mask, ld, 0.0), axis=0))

@@ -425,3 +425,18 @@ def test_logit_logdet_long_rows_and_extreme_alpha(dev, be, alpha, dtype):
     for name, out, exact, low in (("y", y, y64, y32), ("logdet", ld, ld64, ld32)):
         err, ref_err = (out.double() - exact).abs(), (low.double() - exact).abs()
         assert (err <= 2 * ref_err + 1e-5 * (1 + exact.abs())).all(), f"{name}: {err.max():.3g} vs {ref_err.max():.3g}"
+
+
+@pytest.mark.parametrize("dev,be", [c for c in backend_cases() if c.id != "cpu-triton"])  # 1e6 elements: not
+def test_unit_mode_stays_inside_the_cube(dev, be):                                         # for the interpreter
+    """x + u must stay below x + 1: in float32, 255 + u rounds up to 256 for u > 1 - 2^-17, which would move the
+    point into the next cube. With 1e6 draws about 7 such u occur (asserted); unit mode must round-trip exactly."""
+    n, seed = 1_000_000, 31
+    x = torch.full((1, n), 255, dtype=torch.uint8, device=dev)
+    drawn = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(seed)))
+    assert (philox_uniform(n, drawn) > 1 - 2.0**-17).sum() >= 1
+    with backend(be):
+        y, _ = F.uniform_dequantize(x, mode="unit", generator=torch.Generator().manual_seed(seed))
+        x_back, _ = F.uniform_dequantize(y, mode="unit", reverse=True)
+    assert y.max() < 1
+    torch.testing.assert_close(x_back, x, rtol=0, atol=0)

@@ -60,7 +60,7 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
       const int_t* xb = xp + b * xs + s;
       for (int64_t j = 0; j < m; ++j) {
         over |= xb[j] >> in_bits;
-        q[j] = (static_cast<math_t>(xb[j] >> shift) + u[j]) * inv_n;
+        q[j] = cube_point(static_cast<math_t>(xb[j] >> shift), static_cast<math_t>(u[j])) * inv_n;
       }
       int64_t j = 0;
       if constexpr (MODE == kModeLogit) {  // one log per element: see logit_map_factor

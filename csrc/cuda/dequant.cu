@@ -45,7 +45,7 @@ __global__ void uniform_dequantize_kernel(const int_t* __restrict__ x,  // integ
     const math_t u = philox_uniform(static_cast<uint64_t>(b * N + i), 0, seed);
     math_t ld;
     y[b * N + i] = static_cast<out_t>(
-        dequant_map<MODE>((static_cast<math_t>(x[b * xs + i] >> shift) + u) * inv_n, alpha, &ld));
+        dequant_map<MODE>(cube_point(static_cast<math_t>(x[b * xs + i] >> shift), u) * inv_n, alpha, &ld));
     acc += ld;
   }
   acc = block_sum(acc);

@@ -9,11 +9,21 @@
 
 #include <dgmfast/common.h>
 
+#include <limits>
 #include <type_traits>
 
 namespace dgm {
 
 enum DequantMode : int { kModeUnit = 0, kModeCentered = 1, kModeLogit = 2 };
+
+// x + u for an integer x and u in [0, 1), kept inside the cube [x, x + 1): in float32, x + u rounds up
+// to x + 1 when u is within half an ulp of 1 (x >= 1), which would move the point to the next cube
+// (and break reverse). (x + 1)(1 - eps/2) is the largest T below the integer x + 1.
+template <typename T>
+DGM_HOST_DEVICE DGM_INLINE T cube_point(T x, T u) {
+  constexpr T kBelowOne = T(1) - std::numeric_limits<T>::epsilon() / T(2);
+  return dgm::min(x + u, (x + T(1)) * kBelowOne);
+}
 
 // y of the mode at q; *ld = the per-element log-det term (constants excluded).
 template <int MODE, typename T>
