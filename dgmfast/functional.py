@@ -9,7 +9,7 @@ from dgmfast.ops import dequant as _dequant
 from dgmfast.ops.common import (FLOAT_DTYPES, check_choice, check_like, check_tensor, draw_seed, philox_normal,
                                 philox_uniform)
 from dgmfast.reference.coupling import ORDERS, SCALE_MAPS
-from dgmfast.reference.dequant import MODES, bits_per_dim
+from dgmfast.reference.dequant import MODES
 
 __all__ = ["affine_coupling", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
            "bits_per_dim"]
@@ -60,7 +60,8 @@ def _check_bits(n_bits, in_bits=None):
         if v is not None and (not isinstance(v, int) or not 1 <= v <= 16):
             raise ValueError(f"{name} must be an integer in 1..16, got {v!r}")
     if in_bits is not None and n_bits > in_bits:
-        raise ValueError(f"n_bits must be <= in_bits (bits can only be dropped), got n_bits={n_bits}, in_bits={in_bits}")
+        raise ValueError(f"n_bits must be <= in_bits (bits can only be dropped), got n_bits={n_bits}, "
+                         f"in_bits={in_bits}")
 
 
 def _check_mode_alpha(mode, alpha):
@@ -69,15 +70,20 @@ def _check_mode_alpha(mode, alpha):
         raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
 
 
-def _check_pixels(name, x, bits):
-    """x: an integer tensor with values in [0, 2**bits); float input gets a TypeError that says how to convert."""
+def _check_pixel_dtype(name, x, bits):
+    """x: an integer tensor; float input gets a TypeError that says how to convert."""
     check_tensor(name, x, dtypes=None)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of pixel values in [0, {2**bits}) (e.g. torch.uint8), got "
                         f"{x.dtype}; for images in [0, 1] use (x * {2**bits - 1}).round().to(torch.uint8)")
     if x.dtype not in INT_DTYPES:
         raise TypeError(f"{name} must have an integer dtype in {[str(d) for d in INT_DTYPES]}, got {x.dtype}")
-    if x.numel() and not torch.compiler.is_compiling():  # data-dependent: checked in eager mode
+
+
+def _check_pixel_values(name, x, bits, backend):
+    """Values in [0, 2**bits). The C++ CPU kernels check while they read x (no extra pass, also under
+    torch.compile, same message); other backends are checked here, in eager mode (data-dependent)."""
+    if backend != "cpu" and x.numel() and not torch.compiler.is_compiling():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= 2**bits:
             raise ValueError(f"{name} must have values in [0, {2**bits}) for {bits} bits, got values in [{lo}, {hi}]")
@@ -108,15 +114,18 @@ def uniform_dequantize(x, *, n_bits=8, in_bits=8, mode="logit", alpha=0.05, gene
         _check_bits(n_bits)
         x = x.detach()
         backend = select_backend("uniform_dequantize", x.device, x.dtype)
+        if backend != "cpu" and not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+            raise ValueError("x (reverse=True: the dequantized values) must not contain NaN")  # the C++ kernel checks
         if backend == "torch":
             return reference.dequant.uniform_dequantize_reverse(x, n_bits=n_bits, mode=mode, alpha=alpha)
         return _dequant.uniform_dequantize_reverse(x, n_bits, _dequant.MODE_IDS[mode], float(alpha), backend)
     _check_bits(n_bits, in_bits)
-    _check_pixels("x", x, in_bits)
+    _check_pixel_dtype("x", x, in_bits)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
     seed = draw_seed(generator)
     backend = select_backend("uniform_dequantize", x.device, dtype)
+    _check_pixel_values("x", x, in_bits, backend)
     if backend == "torch":
         noise = philox_uniform(x.numel(), int(seed), device=x.device).view(x.shape)
         return reference.dequant.uniform_dequantize(x, noise, n_bits=n_bits, in_bits=in_bits, mode=mode, alpha=alpha,
@@ -154,13 +163,23 @@ def dequantize_sigmoid_tail(x, v, *, n_bits=8, mode="logit", alpha=0.05):
     """
     _check_bits(n_bits)
     _check_mode_alpha(mode, alpha)
-    _check_pixels("x", x, n_bits)
+    _check_pixel_dtype("x", x, n_bits)
     check_tensor("v", v)
     if tuple(v.shape) != tuple(x.shape):
         raise ValueError(f"v must have shape {tuple(x.shape)} (as x), got {tuple(v.shape)}")
     if v.device != x.device:
         raise ValueError(f"v must be on device {x.device} (as x), got {v.device}")
     backend = select_backend("dequantize_sigmoid_tail", v.device, v.dtype)
+    _check_pixel_values("x", x, n_bits, backend)
     if backend == "torch":
         return reference.dequant.dequantize_sigmoid_tail(x, v, n_bits=n_bits, mode=mode, alpha=alpha)
     return _dequant.dequantize_sigmoid_tail_fwd(x, v, n_bits, _dequant.MODE_IDS[mode], float(alpha), backend)
+
+
+def bits_per_dim(log_prob, log_weight, num_dims):
+    """``-(log_prob + log_weight) / (num_dims ln 2)``, SPEC §6: the dequantization bound on the discrete
+    negative log-likelihood in bits per dimension. ``log_prob``: ``log p(y)`` of the density model,
+    ``log_weight``: the dequantizer's (``[B]`` each); ``num_dims``: elements per sample (``C*H*W``)."""
+    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims <= 0:
+        raise ValueError(f"num_dims must be a positive integer (elements per sample), got {num_dims!r}")
+    return reference.dequant.bits_per_dim(log_prob, log_weight, num_dims)

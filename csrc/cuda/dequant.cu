@@ -40,7 +40,7 @@ __global__ void uniform_dequantize_kernel(const int_t* __restrict__ x,  // integ
     const math_t u = philox_uniform(static_cast<uint64_t>(b * N + i), 0, seed);
     math_t ld;
     y[b * N + i] = static_cast<out_t>(
-        dequant_map<MODE>((static_cast<math_t>(x[b * xs + i] >> shift) + u) * inv_n, alpha, &ld));
+        dequant_map<MODE>(cube_point(static_cast<math_t>(x[b * xs + i] >> shift), u) * inv_n, alpha, &ld));
     acc += ld;
   }
   acc = block_sum(acc);
@@ -57,8 +57,8 @@ __global__ void uniform_dequantize_rev_kernel(const in_t* __restrict__ y, int_t*
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     math_t ld;
     const math_t q = dequant_unmap<MODE>(static_cast<math_t>(y[b * ys + i]), alpha, &ld);
-    const math_t k = floor(n * q);
-    x[b * N + i] = static_cast<int_t>(k < 0 ? math_t(0) : (k > n - 1 ? n - 1 : k));
+    const math_t k = floor(n * q);  // NaN (rejected by the functional in eager mode) maps to 0, not UB
+    x[b * N + i] = static_cast<int_t>(k >= 0 ? (k > n - 1 ? n - 1 : k) : math_t(0));
     acc -= ld;
   }
   acc = block_sum(acc);
@@ -72,8 +72,9 @@ __global__ void gaussian_sample_log_prob_kernel(out_t* __restrict__ eps, opmath_
   const auto [b, lo, hi] = this_row_chunk(N, chunks);
   math_t acc = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
-    const math_t z = philox_normal(static_cast<uint64_t>(b * N + i), 0, seed);
-    eps[b * N + i] = static_cast<out_t>(z);
+    const out_t e = static_cast<out_t>(philox_normal(static_cast<uint64_t>(b * N + i), 0, seed));
+    eps[b * N + i] = e;  // the log-density is of the returned (rounded) eps
+    const math_t z = static_cast<math_t>(e);
     acc -= math_t(0.5) * z * z;
   }
   acc = block_sum(acc);
