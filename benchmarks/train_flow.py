@@ -36,11 +36,11 @@ def load_digits(device):
 def build(model_name, dequant):
     if model_name == "glow":
         flow = dgmfast.nn.Glow(in_channels=1, image_size=8, levels=2, steps=4, hidden=32)
-        deq = dgmfast.nn.UniformDequantization(n_bits=N_BITS, mode="centered")
+        deq = dgmfast.nn.UniformDequantization(n_bits=N_BITS, mode="centered", in_bits=N_BITS)
     else:
         flow = dgmfast.nn.FlowPlusPlus(in_channels=1, image_size=8, hidden=32, num_components=8)
-        deq = (dgmfast.nn.VariationalDequantization(1, n_bits=N_BITS, hidden=16, context_channels=8)
-               if dequant == "variational" else dgmfast.nn.UniformDequantization(n_bits=N_BITS))
+        deq = (dgmfast.nn.VariationalDequantization(channels=1, n_bits=N_BITS, hidden=16, context_channels=8)
+               if dequant == "variational" else dgmfast.nn.UniformDequantization(n_bits=N_BITS, in_bits=N_BITS))
     return torch.nn.ModuleDict(dict(flow=flow, dequant=deq))
 
 

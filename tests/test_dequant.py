@@ -184,7 +184,7 @@ def test_seeds_and_manual_seed_reproduce():
 
     def training_step():
         torch.manual_seed(11)
-        model = dgmfast.nn.VariationalDequantization(3, n_bits=8, hidden=8, context_channels=4)
+        model = dgmfast.nn.VariationalDequantization(channels=3, n_bits=8, hidden=8, context_channels=4)
         y, lw = model(x)
         loss = (0.5 * y.square().sum((1, 2, 3)) - lw).mean()
         loss.backward()
@@ -246,7 +246,7 @@ def test_uniform_bound_upper_bounds_discrete_nll(dims):
 def test_variational_dequantization_backends_agree_and_train():
     x = pixels((3, 1, 6, 6), bits=5)
     torch.manual_seed(0)
-    model = dgmfast.nn.VariationalDequantization(1, n_bits=5, hidden=8, context_channels=4)
+    model = dgmfast.nn.VariationalDequantization(channels=1, n_bits=5, hidden=8, context_channels=4)
     for p in model.parameters():  # leave the zero init so the flow is not the identity
         p.data.add_(0.05 * torch.randn_like(p))
     out = {}

@@ -72,9 +72,12 @@ class VariationalDequantization(nn.Module):
     (default: a small conv net with 16 output channels).
     """
 
-    def __init__(self, channels, noise_flow=None, context_net=None, n_bits=8, mode="logit", alpha=0.05,
+    def __init__(self, noise_flow=None, context_net=None, n_bits=8, mode="logit", alpha=0.05, *, channels=None,
                  context_channels=16, hidden=32):
         super().__init__()
+        if (noise_flow is None or context_net is None) and channels is None:
+            raise ValueError("channels (the image channels C) is required to build the default noise_flow / "
+                             "context_net, got channels=None")
         self.n_bits, self.mode, self.alpha = n_bits, mode, alpha
         self.context_net = context_net if context_net is not None else nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, context_channels, 3, padding=1))
