@@ -301,6 +301,12 @@ def iaf_step(z, mean, log_scale_raw, *, sigmoid_bias=2.0, reverse=False):
         raise ValueError("iaf_step(reverse=True) needs mean and log_scale_raw that do not depend on z (the input "
                          "being inverted); invert an autoregressive step one dimension at a time instead "
                          "(dgmfast.nn.IAF.forward(..., reverse=True))")
+    return iaf_step_unchecked(z, mean, log_scale_raw, sigmoid_bias, reverse)
+
+
+def iaf_step_unchecked(z, mean, log_scale_raw, sigmoid_bias, reverse):
+    """:func:`iaf_step` without validation, for callers that built valid inputs themselves (dgmfast.nn.IAF
+    inverts with D reverse calls whose mean and log-scale depend on z only through already-solved dims)."""
     backend = select_backend("iaf_step", z.device, z.dtype)
     if backend == "torch":
         return reference.vaeflows.iaf_step(z, mean, log_scale_raw, sigmoid_bias=sigmoid_bias, reverse=reverse)

@@ -119,10 +119,11 @@ def _moments_torch(mu, logvar):
     x = mu.to(acc_dtype(mu.dtype))
     if x.shape[0] == 0:
         return _moments_triton(mu, logvar)  # zeros; launches nothing for an empty batch
-    mean = x.mean(0)
-    centred = x - mean
+    shifted = x - x[0]  # as the kernels: no cancellation for a large mean
+    offset = shifted.mean(0)
+    centred = shifted - offset
     se = logvar.to(x.dtype).exp().sum(0) if logvar is not None else x.new_empty((0,))
-    return mean - x[0], centred.T @ centred, se
+    return offset, centred.T @ centred, se
 
 
 def _bwd_torch(mu, logvar, offset, coef):
