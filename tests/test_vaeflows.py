@@ -39,7 +39,8 @@ NAMES = ["z_L", "logdet", "grad_z", "grad_u", "grad_w", "grad_b"]
 def test_planar_matches_reference(dev, be, shared_uw, shared_b):
     for B, L, D in PLANAR_SHAPES:
         args = make_planar(B, L, D, shared_uw, shared_b, device=dev)
-        weights = (torch.randn(B, D, dtype=torch.float64, device=dev), torch.randn(B, dtype=torch.float64, device=dev))
+        weights = (torch.randn(B, D, dtype=torch.float64, device=dev),
+                   torch.randn(B, dtype=torch.float64, device=dev))
         out64 = planar_run("torch", args, weights)
         out = planar_run(be, [a.float() for a in args], weights)
         assert out[1].dtype == torch.float32
@@ -84,8 +85,8 @@ def test_planar_zero_w_is_identity_jacobian_and_extremes_stay_finite(dev, be):
     w[1] = 0.0                          # step 1: z + u tanh(b), log-det 0, no 0/0
     u[2] = -50.0 * w[2]                 # w.u << 0: m(w.u) -> -1 (the invertibility edge)
     z[0] = 1e4                          # saturated tanh
-    out = planar_run(be, [a.float() for a in (z, u, w, b)],
-                     (torch.ones(4, 6, dtype=torch.float64, device=dev), torch.ones(4, dtype=torch.float64, device=dev)))
+    ones = (torch.ones(4, 6, dtype=torch.float64, device=dev), torch.ones(4, dtype=torch.float64, device=dev))
+    out = planar_run(be, [a.float() for a in (z, u, w, b)], ones)
     for v in out:
         assert torch.isfinite(v).all(), v
     ref_out = ref.planar_flows(z, u, w, b)
@@ -110,7 +111,8 @@ def test_opcheck(dev, be, shared_uw, shared_b):
     torch.library.opcheck(torch.ops.dgmfast.planar_flows_fwd, (z, u, w, b, be))
     _, _, pre = torch.ops.dgmfast.planar_flows_fwd(z, u, w, b, be)
     d = [t.detach() for t in (z, u, w, b)]
-    torch.library.opcheck(torch.ops.dgmfast.planar_flows_bwd, (*d, pre.detach(), torch.randn_like(d[0]), torch.randn(3, device=dev), be))
+    torch.library.opcheck(torch.ops.dgmfast.planar_flows_bwd,
+                          (*d, pre.detach(), torch.randn_like(d[0]), torch.randn(3, device=dev), be))
     m, r = torch.randn_like(z, requires_grad=True), torch.randn_like(z, requires_grad=True)
     for rev in (False, True):
         torch.library.opcheck(torch.ops.dgmfast.iaf_step_fwd, (z, m, r, 2.0, rev, be))
@@ -158,8 +160,9 @@ def test_amortized_views_zero_stride_grads_and_saved_memory(dev, be):
     assert_close(z.grad, z64.grad, rtol=1e-4, atol=1e-4, name="grad_z")
     assert_close(h.grad, h64.grad, rtol=1e-4, atol=1e-4, name="grad_params")
     if be != "torch":  # saved for backward: the inputs (views of z and h) and the [B, L] pre-activations
+        inputs = (z.untyped_storage().data_ptr(), h.untyped_storage().data_ptr())
         extra = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved
-                 if t.untyped_storage().data_ptr() not in (z.untyped_storage().data_ptr(), h.untyped_storage().data_ptr())}
+                 if t.untyped_storage().data_ptr() not in inputs}
         assert sum(extra.values()) <= B * L * 4, extra
 
 
@@ -206,7 +209,8 @@ def make_iaf(shape, dtype=torch.float64, device="cpu", seed=0, r_scale=1.5):
 def test_iaf_matches_reference(dev, be, reverse):
     for shape in [(3, 7), (2, 3, 50, 60), (1, 1)]:  # a row longer than one CPU chunk / interpreter block
         args = make_iaf(shape, device=dev)
-        wy, wl = torch.randn(shape, dtype=torch.float64, device=dev), torch.randn(shape[0], dtype=torch.float64, device=dev)
+        wy = torch.randn(shape, dtype=torch.float64, device=dev)
+        wl = torch.randn(shape[0], dtype=torch.float64, device=dev)
         outs = {}
         for name, dtype in (("kernel", torch.float32), ("ref", torch.float64)):
             xs = [a.detach().to(dtype).requires_grad_() for a in args]
@@ -246,8 +250,7 @@ def test_iaf_logdet_bruteforce_and_roundtrip(dev, be):
 
 @pytest.mark.parametrize("dev,be", backend_cases())
 def test_iaf_extreme_values_stay_finite(dev, be):
-    r = torch.tensor([[-80.0, -30.0, 0.0, 30.0, 1e4, -1e4 + 0 * 1.0]], device=dev)
-    r[0, -1] = -60.0
+    r = torch.tensor([[-80.0, -30.0, 0.0, 30.0, 1e4, -60.0]], device=dev)
     z = torch.tensor([[1e4, -1e4, 3.0, -2.0, 1e4, 5.0]], device=dev)
     m = torch.full_like(z, 7.0)
     xs = [a.clone().requires_grad_() for a in (z, m, r)]
