@@ -2,3 +2,5 @@
 used by tests, benchmarks and as the "torch" backend."""
 from dgmfast.reference import coupling  # noqa: F401
 from dgmfast.reference import dequant  # noqa: F401
+from dgmfast.reference import dip  # noqa: F401
+from dgmfast.reference import vaeflows  # noqa: F401
