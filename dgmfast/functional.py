@@ -4,6 +4,7 @@ import torch
 
 from dgmfast import reference
 from dgmfast.backends import select_backend
+from dgmfast.ops import actnorm as _actnorm
 from dgmfast.ops import coupling as _coupling
 from dgmfast.ops import dequant as _dequant
 from dgmfast.ops.common import (FLOAT_DTYPES, check_choice, check_like, check_tensor, draw_seed, philox_normal,
@@ -12,7 +13,7 @@ from dgmfast.reference.coupling import ORDERS, SCALE_MAPS
 from dgmfast.reference.dequant import MODES, bits_per_dim
 
 __all__ = ["affine_coupling", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
-           "bits_per_dim"]
+           "bits_per_dim", "actnorm"]
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -164,3 +165,33 @@ def dequantize_sigmoid_tail(x, v, *, n_bits=8, mode="logit", alpha=0.05):
     if backend == "torch":
         return reference.dequant.dequantize_sigmoid_tail(x, v, n_bits=n_bits, mode=mode, alpha=alpha)
     return _dequant.dequantize_sigmoid_tail_fwd(x, v, n_bits, _dequant.MODE_IDS[mode], float(alpha), backend)
+
+
+def actnorm(x, loc, log_scale, *, reverse=False):
+    """Activation normalization (Glow), SPEC §3: ``(y, logdet)``.
+
+    ``y = (x + loc[c]) * exp(log_scale[c])`` per channel (dim 1); ``logdet[b] = S * sum(log_scale)`` with
+    S the product of the dims after 1 (1 for ``[B, C]`` vectors). ``reverse=True``:
+    ``x = y * exp(-log_scale[c]) - loc[c]`` with logdet negated. Gradients flow to x, loc and log_scale
+    (the parameter gradients are per-channel reductions over batch and spatial dims, summed in a fixed
+    order: bitwise reproducible).
+
+    Args:
+        x: ``[B, C, ...]`` float16/bfloat16/float32/float64. Any batch/channel strides are read in place.
+        loc, log_scale: ``[C]``, x's dtype and device.
+    Returns:
+        ``(y, logdet)``: y contiguous like x; logdet ``[B]`` float32 (float64 for float64 x).
+
+    Example::
+
+        y, logdet = dgmfast.functional.actnorm(x, loc, log_scale)            # x: [B, C, H, W]
+        x_back, _ = dgmfast.functional.actnorm(y, loc, log_scale, reverse=True)
+    """
+    check_tensor("x", x, min_dim=2)
+    channels = (x.shape[1],)
+    check_like("loc", loc, "x's channel dim", x, shape=channels)
+    check_like("log_scale", log_scale, "x's channel dim", x, shape=channels)
+    backend = select_backend("actnorm", x.device, x.dtype)
+    if backend == "torch":
+        return reference.actnorm.actnorm(x, loc, log_scale, reverse=reverse)
+    return _actnorm.actnorm_fwd(x, loc, log_scale, bool(reverse), backend)
