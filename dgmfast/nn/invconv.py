@@ -89,10 +89,11 @@ class InvConv1x1(nn.Module):
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._cache[0] != key:
             with torch.no_grad():
-                lu_mat, pivots = torch.linalg.lu_factor(w.detach().double())
+                lu_mat, pivots, _ = torch.linalg.lu_factor_ex(w.detach().double())
                 diag = lu_mat.diagonal()
-                if bool((diag == 0).any()):
-                    raise ValueError("InvConv1x1: the weight is singular (an LU pivot is 0); it is not invertible")
+                if not bool(torch.isfinite(diag).all() & (diag != 0).all()):
+                    raise ValueError("InvConv1x1: the weight is singular or not finite (an LU pivot is "
+                                     f"{diag.tolist()}); it must be invertible")
                 eye = torch.eye(w.shape[0], dtype=torch.float64, device=w.device)
                 self._cache = (key, diag.abs().log().sum(), torch.linalg.lu_solve(lu_mat, pivots, eye))
         return self._cache[1], self._cache[2]
