@@ -17,6 +17,24 @@
 namespace dgm::cuda {
 namespace {
 
+// Tiling of each channel's [B, S] elements into tiles of about `target` elements, one block per tile.
+struct ActNormTiles {
+  int64_t tile_b, tile_s;  // samples and plane elements per tile
+  int64_t nb, ns;          // tiles along B and along S
+  int64_t per_channel() const { return nb * ns; }
+};
+
+inline ActNormTiles actnorm_tiles(int64_t B, int64_t S, int64_t target) {
+  ActNormTiles t;
+  t.tile_s = S < target ? (S > 0 ? S : 1) : target;
+  t.tile_b = target / t.tile_s;
+  if (t.tile_b > B) t.tile_b = B > 0 ? B : 1;
+  if (t.tile_b < 1) t.tile_b = 1;
+  t.nb = B > 0 ? (B + t.tile_b - 1) / t.tile_b : 0;
+  t.ns = S > 0 ? (S + t.tile_s - 1) / t.tile_s : 0;
+  return t;
+}
+
 struct TileIndex {
   int64_t c, b0, s0;
   int nb_local, ns_local;  // tile extent, clipped at the tensor's edge
@@ -104,6 +122,16 @@ __global__ void actnorm_channel_grads_kernel(const opmath_t<scalar_t>* __restric
   actnorm_channel_grads<math_t>(scale, sum_g, sum_gz, static_cast<math_t>(S) * gld_sum[0], reverse, &gl, &gs);
   g_loc[c] = static_cast<scalar_t>(gl);
   g_log_scale[c] = static_cast<scalar_t>(gs);
+}
+
+at::ScalarType actnorm_acc_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The [B] log-det, the same for every sample.
+at::Tensor actnorm_logdet(const at::Tensor& x, const at::Tensor& log_scale, int64_t plane_size, bool reverse) {
+  const at::Tensor sum = at::sum(log_scale, {0}, false, actnorm_acc_type(x));
+  return sum.mul(static_cast<double>(reverse ? -plane_size : plane_size)).expand({x.size(0)}).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> actnorm_fwd_cuda(const at::Tensor& x_in, const at::Tensor& loc_in,

@@ -8,13 +8,11 @@
 // z = reverse ? in : in + shift (the part of out multiplied by scale), sum_g = sum g and
 // sum_gz = sum g*z over the channel's B*S elements, G = sum_b grad_logdet[b]:
 //   g_in = g*scale,  g_loc = reverse ? -sum_g : scale*sum_g,  g_log_scale = sign*(scale*sum_gz + S*G).
-// Kernels work on tiles of one channel: tile_b samples x tile_s consecutive elements of each plane.
 #pragma once
 
 #include <dgmfast/common.h>
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
 namespace dgm {
@@ -46,25 +44,7 @@ DGM_HOST_DEVICE DGM_INLINE void actnorm_channel_grads(T scale, T sum_g, T sum_gz
   *g_log_scale = reverse ? T(0) - g : g;
 }
 
-// Tiling of one channel's [B, S] elements into tiles of about `target` elements.
-struct ActNormTiles {
-  int64_t tile_b, tile_s;  // samples and plane elements per tile
-  int64_t nb, ns;          // tiles along B and along S
-  int64_t per_channel() const { return nb * ns; }
-};
-
-inline ActNormTiles actnorm_tiles(int64_t B, int64_t S, int64_t target) {
-  ActNormTiles t;
-  t.tile_s = S < target ? (S > 0 ? S : 1) : target;
-  t.tile_b = target / t.tile_s;
-  if (t.tile_b > B) t.tile_b = B > 0 ? B : 1;
-  if (t.tile_b < 1) t.tile_b = 1;
-  t.nb = B > 0 ? (B + t.tile_b - 1) / t.tile_b : 0;
-  t.ns = S > 0 ? (S + t.tile_s - 1) / t.tile_s : 0;
-  return t;
-}
-
-// Host side: the launchers' shape/dtype checks and the [B] log-det (the same for every sample).
+// Host side: the launchers' shape/dtype checks.
 inline void check_actnorm_params(const at::Tensor& x, const at::Tensor& loc, const at::Tensor& log_scale) {
   TORCH_CHECK(x.dim() >= 2, "dgmfast: x must be [B, C, ...], got ", x.sizes());
   for (const at::Tensor* p : {&loc, &log_scale}) {
@@ -73,15 +53,6 @@ inline void check_actnorm_params(const at::Tensor& x, const at::Tensor& loc, con
     TORCH_CHECK(p->scalar_type() == x.scalar_type(), "dgmfast: actnorm parameters must have dtype ",
                 x.scalar_type(), ", got ", p->scalar_type());
   }
-}
-
-inline at::ScalarType actnorm_acc_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-inline at::Tensor actnorm_logdet(const at::Tensor& x, const at::Tensor& log_scale, int64_t plane_size, bool reverse) {
-  const at::Tensor sum = at::sum(log_scale, {0}, false, actnorm_acc_type(x));
-  return sum.mul(static_cast<double>(reverse ? -plane_size : plane_size)).expand({x.size(0)}).contiguous();
 }
 
 }  // namespace dgm
