@@ -4,6 +4,7 @@ import torch
 
 from dgmfast import reference
 from dgmfast.backends import select_backend
+from dgmfast.ops import actnorm as _actnorm
 from dgmfast.ops import coupling as _coupling
 from dgmfast.ops import dequant as _dequant
 from dgmfast.ops import dip as _dip
@@ -15,7 +16,7 @@ from dgmfast.reference.dequant import MODES
 from dgmfast.reference.dip import VARIANTS
 
 __all__ = ["affine_coupling", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
-           "bits_per_dim", "dip_vae_penalty", "planar_flows", "iaf_step"]
+           "bits_per_dim", "dip_vae_penalty", "planar_flows", "iaf_step", "actnorm"]
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -330,3 +331,33 @@ def iaf_step_unchecked(z, mean, log_scale_raw, sigmoid_bias, reverse):
     if backend == "torch":
         return reference.vaeflows.iaf_step(z, mean, log_scale_raw, sigmoid_bias=sigmoid_bias, reverse=reverse)
     return _vaeflows.iaf_step_fwd(z, mean, log_scale_raw, float(sigmoid_bias), bool(reverse), backend)
+
+
+def actnorm(x, loc, log_scale, *, reverse=False):
+    """Activation normalization (Glow), SPEC §3: ``(y, logdet)``.
+
+    ``y = (x + loc[c]) * exp(log_scale[c])`` per channel (dim 1); ``logdet[b] = S * sum(log_scale)`` with
+    S the product of the dims after 1 (1 for ``[B, C]`` vectors). ``reverse=True``:
+    ``x = y * exp(-log_scale[c]) - loc[c]`` with logdet negated. Gradients flow to x, loc and log_scale
+    (the parameter gradients are per-channel reductions over batch and spatial dims, summed in a fixed
+    order: bitwise reproducible).
+
+    Args:
+        x: ``[B, C, ...]`` float16/bfloat16/float32/float64. Any batch/channel strides are read in place.
+        loc, log_scale: ``[C]``, x's dtype and device.
+    Returns:
+        ``(y, logdet)``: y contiguous like x; logdet ``[B]`` float32 (float64 for float64 x).
+
+    Example::
+
+        y, logdet = dgmfast.functional.actnorm(x, loc, log_scale)            # x: [B, C, H, W]
+        x_back, _ = dgmfast.functional.actnorm(y, loc, log_scale, reverse=True)
+    """
+    check_tensor("x", x, min_dim=2)
+    channels = (x.shape[1],)
+    check_like("loc", loc, "x's channel dim", x, shape=channels)
+    check_like("log_scale", log_scale, "x's channel dim", x, shape=channels)
+    backend = select_backend("actnorm", x.device, x.dtype)
+    if backend == "torch":
+        return reference.actnorm.actnorm(x, loc, log_scale, reverse=reverse)
+    return _actnorm.actnorm_fwd(x, loc, log_scale, bool(reverse), backend)

@@ -16,6 +16,17 @@ def is_row_contiguous(t: torch.Tensor) -> bool:
     return True
 
 
+def is_plane_contiguous(t: torch.Tensor) -> bool:
+    """Each plane t[b, c] (the dims after 1) is contiguous (any batch and channel strides), as the
+    kernels of per-channel ops read it; every [B, C] layout qualifies."""
+    expected = 1
+    for d in range(t.dim() - 1, 1, -1):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
 def row_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if is_row_contiguous(t) else t.contiguous()
 

@@ -1,0 +1,122 @@
+"""Invertible 1x1 convolution (Glow), SPEC §4. The channel mixing is cuBLAS/oneDNN's (F.conv2d /
+F.linear); dgmfast's part is the log-determinant and the inverse without recomputing a determinant."""
+import torch
+from torch import nn
+
+from dgmfast.reference import invconv as ref
+from dgmfast.reference.common import acc_dtype
+
+
+class _CachedLogAbsDet(torch.autograd.Function):
+    """log|det W| from a cached float64 value, with gradient W^-T (the cached inverse)."""
+
+    @staticmethod
+    def forward(ctx, weight, log_abs_det64, inverse64):
+        ctx.save_for_backward(inverse64)
+        ctx.dtype = weight.dtype
+        return log_abs_det64.to(acc_dtype(weight.dtype), copy=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse64,) = ctx.saved_tensors
+        return (grad.double() * inverse64.mT).to(ctx.dtype), None, None
+
+
+class _CachedInverse(torch.autograd.Function):
+    """W^-1 from a cached float64 inverse, with gradient -W^-T G W^-T."""
+
+    @staticmethod
+    def forward(ctx, weight, inverse64):
+        ctx.save_for_backward(inverse64)
+        ctx.dtype = weight.dtype
+        return inverse64.to(weight.dtype, copy=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse64,) = ctx.saved_tensors
+        return (-(inverse64.mT @ grad.double() @ inverse64.mT)).to(ctx.dtype), None
+
+
+class InvConv1x1(nn.Module):
+    """Invertible 1x1 convolution, SPEC §4: ``forward(x, reverse=False) -> (y, logdet)`` with
+    ``y[b, :, ...] = W x[b, :, ...]`` on ``[B, C, H, W]`` (or ``[B, C]``, ``[B, C, ...]``) and
+    ``logdet[b] = S * log|det W|`` (S = product of the dims after 1).
+
+    ``lu=True`` (Glow's LU form): ``W = P L (U + diag(sign * exp(log_abs_s)))`` with P a fixed permutation,
+    L unit lower and U strictly upper triangular; ``log|det W| = sum(log_abs_s)``, no determinant is ever
+    computed, and reverse applies ``W^-1`` from two triangular solves in float64.
+    ``lu=False``: a dense ``weight``; ``log|det W|`` and ``W^-1`` come from one LU factorization in float64
+    on the weight's device, cached per weight version (``weight._version`` and storage), so they are
+    recomputed only after the weight changes (e.g. an optimizer step). Gradients flow through both.
+
+    The initial W is a random orthogonal matrix (QR of a Gaussian matrix drawn from ``generator``, or
+    from torch's global generator when None).
+
+    Example::
+
+        layer = dgmfast.nn.InvConv1x1(16, generator=torch.Generator().manual_seed(0))
+        y, logdet = layer(x); x_back, _ = layer(y, reverse=True)
+    """
+
+    def __init__(self, num_channels: int, lu: bool = True, generator=None):
+        super().__init__()
+        if not isinstance(num_channels, int) or num_channels < 1:
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        self.num_channels, self.lu = num_channels, bool(lu)
+        dtype = torch.get_default_dtype()
+        w = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator, dtype=torch.float64))[0]
+        if self.lu:
+            perm, lower, upper = torch.linalg.lu(w)
+            s = upper.diagonal()
+            self.register_buffer("perm", perm.to(dtype))
+            self.register_buffer("sign_s", torch.sign(s).to(dtype))
+            self.lower = nn.Parameter(torch.tril(lower, -1).to(dtype))
+            self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+            self.log_abs_s = nn.Parameter(torch.log(s.abs()).to(dtype))
+        else:
+            self.weight = nn.Parameter(w.to(dtype))
+            self._cache = (None, None, None)  # (weight version key, log|det W| float64, W^-1 float64)
+
+    def extra_repr(self):
+        return f"{self.num_channels}, lu={self.lu}"
+
+    def _lu_params(self):
+        return self.perm, self.lower, self.upper, self.sign_s, self.log_abs_s
+
+    def _factorization(self):
+        """(log|det W|, W^-1) in float64 for the current weight version (lu=False)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._cache[0] != key:
+            with torch.no_grad():
+                lu_mat, pivots, _ = torch.linalg.lu_factor_ex(w.detach().double())
+                diag = lu_mat.diagonal()
+                if not bool(torch.isfinite(diag).all() & (diag != 0).all()):
+                    raise ValueError("InvConv1x1: the weight is singular or not finite (an LU pivot is "
+                                     f"{diag.tolist()}); it must be invertible")
+                eye = torch.eye(w.shape[0], dtype=torch.float64, device=w.device)
+                self._cache = (key, diag.abs().log().sum(), torch.linalg.lu_solve(lu_mat, pivots, eye))
+        return self._cache[1], self._cache[2]
+
+    def weight_matrix(self):
+        """W (differentiable)."""
+        return ref.lu_weight(*self._lu_params()) if self.lu else self.weight
+
+    def log_abs_det(self):
+        """log|det W| (differentiable), float32 or float64 like the parameters' accumulation dtype."""
+        if self.lu:
+            return self.log_abs_s.sum(dtype=acc_dtype(self.log_abs_s.dtype))
+        log_abs_det64, inverse64 = self._factorization()
+        return _CachedLogAbsDet.apply(self.weight, log_abs_det64, inverse64)
+
+    def inverse_matrix(self):
+        """W^-1 (differentiable), computed in float64."""
+        if self.lu:
+            return ref.lu_inverse(*self._lu_params())
+        return _CachedInverse.apply(self.weight, self._factorization()[1])
+
+    def forward(self, x, reverse=False):
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"x must be [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
+        weight = self.inverse_matrix() if reverse else self.weight_matrix()
+        return ref.channel_matmul(x, weight.to(x.dtype)), ref.invconv_logdet(x, self.log_abs_det(), reverse)
