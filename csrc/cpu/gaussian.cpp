@@ -4,7 +4,7 @@
 //
 // Mixture layout: the parameters are copied once per call into K-contiguous tables
 // (mT, pT = exp(-lv): [D][Kp], Kp = K rounded up to the vector width, padding lanes with p = 0 and
-// weight -inf), so the kernels vectorize over components and never touch an [N, K, D] tensor.
+// weight -inf; rows Ks = Kp + one vector apart, so walks over d do not alias in the cache), so the kernels vectorize over components and never touch an [N, K, D] tensor.
 //   forward   parallel over tiles of kRows rows; per K tile of kKTile lanes the logits go to a
 //             [kRows, kKTile] buffer and update a running (max, sum) per row: an online logsumexp.
 //             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term).
@@ -202,9 +202,9 @@ template <typename math_t>
 struct MixtureTables {
   using Vec = at::vec::Vectorized<math_t>;
   static constexpr int64_t kLanes = Vec::size();
-  int64_t K, D, Kp;
-  std::vector<math_t> mT, pT;  // [D][Kp]: means, exp(-logvars); padding lanes 0
-  // per_dim=false: [Kp] w_k - 0.5*(D log 2pi + sum_d lv_kd); per_dim=true: [D][Kp] w_k - 0.5*(log 2pi + lv_kd);
+  int64_t K, D, Kp, Ks;         // components, dims, K padded to the vector width, row stride of the tables
+  std::vector<math_t> mT, pT;  // [D][Ks]: means, exp(-logvars); padding lanes 0
+  // per_dim=false: [Kp] w_k - 0.5*(D log 2pi + sum_d lv_kd); per_dim=true: [D][Ks] w_k - 0.5*(log 2pi + lv_kd);
   // padding lanes -inf
   std::vector<math_t> base;
   std::vector<math_t> w, band;  // log_weights [K], band log weights [nb]
@@ -227,17 +227,18 @@ MixtureTables<math_t> make_tables(const at::Tensor& means, const at::Tensor& lvs
   t.K = K;
   t.D = D;
   t.Kp = (K + L - 1) / L * L;
+  t.Ks = t.Kp + L;
   t.band_offset = band_offset;
-  t.mT.assign(D * t.Kp, math_t(0));
-  t.pT.assign(D * t.Kp, math_t(0));
-  t.base.assign((per_dim ? D : 1) * t.Kp, -std::numeric_limits<math_t>::infinity());
+  t.mT.assign(D * t.Ks, math_t(0));
+  t.pT.assign(D * t.Ks, math_t(0));
+  t.base.assign((per_dim ? D : 1) * t.Ks, -std::numeric_limits<math_t>::infinity());
   t.w.resize(K);
   const at::Tensor band_d = band.to(at::kDouble).contiguous();
   for (int64_t o = 0; o < band_d.numel(); ++o) t.band.push_back(static_cast<math_t>(band_d.const_data_ptr<double>()[o]));
   const scalar_t *mp = means.const_data_ptr<scalar_t>(), *lp = lvs.const_data_ptr<scalar_t>();
   const scalar_t* wp = log_w.const_data_ptr<scalar_t>();
   const int64_t m0 = means.stride(0), m1 = means.stride(1), l0 = lvs.stride(0), l1 = lvs.stride(1);
-  const int64_t ws = log_w.stride(0), Kp = t.Kp;
+  const int64_t ws = log_w.stride(0), Ks = t.Ks;
   const math_t half_log2pi = static_cast<math_t>(0.5 * kLog2Pi);
   at::parallel_for(0, K, 64, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
@@ -246,9 +247,9 @@ MixtureTables<math_t> make_tables(const at::Tensor& means, const at::Tensor& lvs
       math_t lv_sum = 0;
       for (int64_t d = 0; d < D; ++d) {
         const math_t lv = static_cast<math_t>(lp[k * l0 + d * l1]);
-        t.mT[d * Kp + k] = static_cast<math_t>(mp[k * m0 + d * m1]);
-        t.pT[d * Kp + k] = std::exp(-lv);
-        if (per_dim) t.base[d * Kp + k] = wk - half_log2pi - math_t(0.5) * lv;
+        t.mT[d * Ks + k] = static_cast<math_t>(mp[k * m0 + d * m1]);
+        t.pT[d * Ks + k] = std::exp(-lv);
+        if (per_dim) t.base[d * Ks + k] = wk - half_log2pi - math_t(0.5) * lv;
         lv_sum += lv;
       }
       if (!per_dim) t.base[k] = wk - static_cast<math_t>(D) * half_log2pi - math_t(0.5) * lv_sum;
@@ -276,7 +277,7 @@ void logits_tile(const MixtureTables<math_t>& t, const math_t* zt, const math_t*
     Vec acc[kRows];
     for (int64_t r = 0; r < kRows; ++r) acc[r] = Vec(0);
     for (int64_t d = 0; d < D; ++d) {
-      const Vec m = Vec::loadu(t.mT.data() + d * Kp + kb), p = Vec::loadu(t.pT.data() + d * Kp + kb);
+      const Vec m = Vec::loadu(t.mT.data() + d * t.Ks + kb), p = Vec::loadu(t.pT.data() + d * t.Ks + kb);
       for (int64_t r = 0; r < kRows; ++r) acc[r] = gaussian_quad_acc(Vec(zt[r * D + d]), m, p, acc[r]);
     }
     const Vec c = Vec::loadu(t.base.data() + kb);
@@ -358,7 +359,7 @@ void mixture_fwd_per_dim(const MixtureTables<math_t>& t, const math_t* z, int64_
       band.set(n, 1, true);
       for (int64_t d = 0; d < D; ++d) {
         const Vec zv(z[n * D + d]);
-        const math_t *mT = t.mT.data() + d * Kp, *pT = t.pT.data() + d * Kp, *bs = t.base.data() + d * Kp;
+        const math_t *mT = t.mT.data() + d * t.Ks, *pT = t.pT.data() + d * t.Ks, *bs = t.base.data() + d * t.Ks;
         const auto term = [&](int64_t kb) {
           return Vec::loadu(bs + kb) + Vec::loadu(delta + kb) -
                  Vec(math_t(0.5)) * gaussian_quad_acc(zv, Vec::loadu(mT + kb), Vec::loadu(pT + kb), Vec(0));
@@ -420,7 +421,7 @@ void mixture_bwd_z_joint(const MixtureTables<math_t>& t, const math_t* z, const 
           Vec acc[kRows];
           for (int64_t r = 0; r < kRows; ++r) acc[r] = Vec(0);
           for (int64_t kb = k0; kb < k1; kb += Vec::size()) {
-            const Vec m = Vec::loadu(t.mT.data() + d * Kp + kb), p = Vec::loadu(t.pT.data() + d * Kp + kb);
+            const Vec m = Vec::loadu(t.mT.data() + d * t.Ks + kb), p = Vec::loadu(t.pT.data() + d * t.Ks + kb);
             for (int64_t r = 0; r < kRows; ++r)
               acc[r] = acc[r] + Vec::loadu(lbuf.data() + r * kKTile + kb - k0) * (Vec(zt[r * D + d]) - m) * p;
           }
@@ -449,7 +450,7 @@ void mixture_bwd_z_per_dim(const MixtureTables<math_t>& t, const math_t* z, cons
         math_t ge, oe;
         row_grad(g[n * D + d], out[n * D + d], &ge, &oe);
         const Vec zv(z[n * D + d]);
-        const math_t *mT = t.mT.data() + d * Kp, *pT = t.pT.data() + d * Kp, *bs = t.base.data() + d * Kp;
+        const math_t *mT = t.mT.data() + d * t.Ks, *pT = t.pT.data() + d * t.Ks, *bs = t.base.data() + d * t.Ks;
         Vec acc(0);
         for (int64_t kb = 0; kb < Kp; kb += Vec::size()) {
           const Vec diff = zv - Vec::loadu(mT + kb), p = Vec::loadu(pT + kb);
@@ -463,72 +464,96 @@ void mixture_bwd_z_per_dim(const MixtureTables<math_t>& t, const math_t* z, cons
   });
 }
 
-// backward pass B: parameter gradients of one block of kLanes components, summed over n in order.
-template <typename math_t>
+// Band deltas and log_weights mask of rows [n0, n0 + rows) for the components [kb, kb + L).
+template <typename math_t, int64_t L>
+void block_band(const MixtureTables<math_t>& t, int64_t n0, int64_t rows, int64_t kb, math_t (*delta)[L],
+                math_t (*keep)[L]) {
+  for (int64_t i = 0; i < kRows; ++i) {
+    std::fill(delta[i], delta[i] + L, math_t(0));
+    std::fill(keep[i], keep[i] + L, math_t(1));
+    if (i < rows) t.for_band(n0 + i, [&](int64_t k, math_t dl) {
+      if (k >= kb && k < kb + L) {
+        delta[i][k - kb] = dl;
+        keep[i][k - kb] = math_t(0);
+      }
+    });
+  }
+}
+
+// backward pass B: parameter gradients of one block of L components, summed over n in order (tiles of
+// kRows rows: independent chains). p = exp(-lv) is constant over n, so the sums are taken without it:
+//   g_m = p * sum_n r diff,   g_lv = 0.5 * (p * sum_n r diff^2 - sum_n r),   g_w = sum_n r (non-band pairs).
+template <typename math_t, bool PER_DIM, bool HAS_BAND>
 void mixture_bwd_params(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
-                        int64_t N, bool per_dim, math_t* gm, math_t* glv, math_t* gw) {
+                        int64_t N, math_t* gm, math_t* glv, math_t* gw) {
   using Vec = at::vec::Vectorized<math_t>;
   constexpr int64_t L = Vec::size();
-  const int64_t D = t.D, Kp = t.Kp, K = t.K;
-  at::parallel_for(0, Kp / L, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Vec> acc_m(D), acc_lv(D);
-    alignas(64) math_t delta[L], keep[L], tmp[L];
+  const int64_t D = t.D, Ks = t.Ks, K = t.K;
+  const Vec half(math_t(0.5));
+  at::parallel_for(0, t.Kp / L, 1, [&](int64_t begin, int64_t end) {
+    // per d: sum r diff, sum r diff^2, and (per_dim) sum r
+    std::vector<Vec> acc_rd(D), acc_rd2(D), acc_r(PER_DIM ? D : 1);
+    std::vector<math_t> pad;
+    alignas(64) math_t delta[kRows][L], keep[kRows][L], tmp[L], tmp_p[L];
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t kb = blk * L;
-      std::fill(acc_m.begin(), acc_m.end(), Vec(0));
-      std::fill(acc_lv.begin(), acc_lv.end(), Vec(0));
+      const math_t *mT = t.mT.data() + kb, *pT = t.pT.data() + kb;
+      std::fill(acc_rd.begin(), acc_rd.end(), Vec(0));
+      std::fill(acc_rd2.begin(), acc_rd2.end(), Vec(0));
+      std::fill(acc_r.begin(), acc_r.end(), Vec(0));
       Vec acc_w(0);
-      std::fill(delta, delta + L, math_t(0));
-      std::fill(keep, keep + L, math_t(1));
-      for (int64_t n = 0; n < N; ++n) {
-        const math_t* zn = z + n * D;
-        const auto mark = [&](bool on) {
-          t.for_band(n, [&](int64_t k, math_t dl) {
-            if (k >= kb && k < kb + L) {
-              delta[k - kb] = on ? dl : math_t(0);
-              keep[k - kb] = on ? math_t(0) : math_t(1);
-            }
-          });
-        };
-        mark(true);
-        const Vec vdelta = Vec::loadu(delta), vkeep = Vec::loadu(keep);
-        Vec r(0);
-        if (!per_dim) {
-          math_t ge, oe;
-          row_grad(g[n], out[n], &ge, &oe);
-          if (ge == math_t(0)) {
-            mark(false);
-            continue;
+      for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+        const int64_t rows = std::min(kRows, N - n0);
+        const math_t* zt = row_tile(z, N, D, n0, pad);
+        if constexpr (HAS_BAND) block_band<math_t, L>(t, n0, rows, kb, delta, keep);
+        Vec r[kRows];
+        if constexpr (!PER_DIM) {
+          Vec q[kRows];
+          for (int64_t i = 0; i < kRows; ++i) q[i] = Vec(0);
+          for (int64_t d = 0; d < D; ++d) {
+            const Vec m = Vec::loadu(mT + d * Ks), p = Vec::loadu(pT + d * Ks);
+            for (int64_t i = 0; i < kRows; ++i) q[i] = gaussian_quad_acc(Vec(zt[i * D + d]), m, p, q[i]);
           }
-          Vec q(0);
-          for (int64_t d = 0; d < D; ++d)
-            q = gaussian_quad_acc(Vec(zn[d]), Vec::loadu(t.mT.data() + d * Kp + kb),
-                                  Vec::loadu(t.pT.data() + d * Kp + kb), q);
-          const Vec logit = Vec::loadu(t.base.data() + kb) + vdelta - Vec(math_t(0.5)) * q;
-          r = Vec(ge) * (logit - Vec(oe)).exp();
-          acc_w = acc_w + r * vkeep;
+          const Vec base = Vec::loadu(t.base.data() + kb);
+          for (int64_t i = 0; i < kRows; ++i) {
+            math_t ge = 0, oe = 0;
+            if (i < rows) row_grad(g[n0 + i], out[n0 + i], &ge, &oe);
+            Vec logit = base - half * q[i];
+            if constexpr (HAS_BAND) logit = logit + Vec::loadu(delta[i]);
+            r[i] = Vec(ge) * (logit - Vec(oe)).exp();
+            acc_r[0] = acc_r[0] + r[i];
+            acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
+          }
         }
         for (int64_t d = 0; d < D; ++d) {
-          const Vec diff = Vec(zn[d]) - Vec::loadu(t.mT.data() + d * Kp + kb), p = Vec::loadu(t.pT.data() + d * Kp + kb);
-          if (per_dim) {
-            math_t ge, oe;
-            row_grad(g[n * D + d], out[n * D + d], &ge, &oe);
-            const Vec v = Vec::loadu(t.base.data() + d * Kp + kb) + vdelta - Vec(math_t(0.5)) * diff * diff * p;
-            r = Vec(ge) * (v - Vec(oe)).exp();
-            acc_w = acc_w + r * vkeep;
+          const Vec m = Vec::loadu(mT + d * Ks);
+          Vec a1 = acc_rd[d], a2 = acc_rd2[d];
+          for (int64_t i = 0; i < kRows; ++i) {
+            const Vec diff = Vec(zt[i * D + d]) - m;
+            if constexpr (PER_DIM) {
+              math_t ge = 0, oe = 0;
+              if (i < rows) row_grad(g[(n0 + i) * D + d], out[(n0 + i) * D + d], &ge, &oe);
+              Vec v = Vec::loadu(t.base.data() + d * Ks + kb) - half * diff * diff * Vec::loadu(pT + d * Ks);
+              if constexpr (HAS_BAND) v = v + Vec::loadu(delta[i]);
+              r[i] = Vec(ge) * (v - Vec(oe)).exp();
+              acc_r[d] = acc_r[d] + r[i];
+              acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
+            }
+            const Vec rd = r[i] * diff;
+            a1 = a1 + rd;
+            a2 = a2 + rd * diff;
           }
-          const Vec tq = r * diff * p;
-          acc_m[d] = acc_m[d] + tq;
-          acc_lv[d] = acc_lv[d] + tq * diff - r;
+          acc_rd[d] = a1;
+          acc_rd2[d] = a2;
         }
-        mark(false);
       }
       const int64_t lanes = std::min(L, K - kb);
       for (int64_t d = 0; d < D; ++d) {
-        acc_m[d].store(tmp);
+        const Vec p = Vec::loadu(pT + d * Ks);
+        (p * acc_rd[d]).store(tmp);
         for (int64_t j = 0; j < lanes; ++j) gm[(kb + j) * D + d] = tmp[j];
-        acc_lv[d].store(tmp);
-        for (int64_t j = 0; j < lanes; ++j) glv[(kb + j) * D + d] = math_t(0.5) * tmp[j];
+        (half * (p * acc_rd2[d] - acc_r[PER_DIM ? d : 0])).store(tmp_p);
+        for (int64_t j = 0; j < lanes; ++j) glv[(kb + j) * D + d] = tmp_p[j];
       }
       acc_w.store(tmp);
       for (int64_t j = 0; j < lanes; ++j) gw[kb + j] = tmp[j];
@@ -584,8 +609,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_mixture_bwd_
     const math_t *zp = z.const_data_ptr<math_t>(), *op = out.const_data_ptr<math_t>(), *gp = g.const_data_ptr<math_t>();
     if (per_dim) mixture_bwd_z_per_dim(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
     else mixture_bwd_z_joint(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
-    mixture_bwd_params(t, zp, op, gp, N, per_dim, gm.mutable_data_ptr<math_t>(), glv.mutable_data_ptr<math_t>(),
-                       gw.mutable_data_ptr<math_t>());
+    math_t *gmp = gm.mutable_data_ptr<math_t>(), *glvp = glv.mutable_data_ptr<math_t>();
+    math_t* gwp = gw.mutable_data_ptr<math_t>();
+    const bool band_on = band.numel() > 0;
+    if (per_dim && band_on) mixture_bwd_params<math_t, true, true>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else if (per_dim) mixture_bwd_params<math_t, true, false>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else if (band_on) mixture_bwd_params<math_t, false, true>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else mixture_bwd_params<math_t, false, false>(t, zp, op, gp, N, gmp, glvp, gwp);
   });
   const auto st = z_in.scalar_type();
   return {gz.to(st), gm.to(st), glv.to(st), gw.to(st)};
