@@ -108,7 +108,7 @@ def _joint_logits(z_ptr, z_s0, z_s1, m_ptr, m_s0, m_s1, l_ptr, l_s0, l_s1, w_ptr
         acc += diff * diff * tl.exp(-lc)[None, :]
         lv_sum += lc
     lw, keep = _pair_log_weights(w_ptr, w_s, band_ptr, rows, ks, kmask, K, band_offset, NB, ACC)
-    logit = lw - 0.5 * (D * LOG_2PI + lv_sum)[None, :] - 0.5 * acc
+    logit = lw - 0.5 * (D.to(ACC) * LOG_2PI + lv_sum)[None, :] - 0.5 * acc
     return tl.where(kmask[None, :], logit, float("-inf")), keep
 
 

@@ -47,7 +47,7 @@ def gaussian_mixture_log_prob(z, means, logvars, log_weights=None, *, per_dim=Fa
 
     z [N, D]; means, logvars [K, D]; log_weights [K] (default -log K). `pair_log_weights` [N, K]
     replaces w by per-pair weights (used by the MSS estimator). Materializes [N, K, D].
-    Output dtype: z's.
+    Output: float32 (float64 for float64 inputs).
     """
     acc = acc_dtype(z.dtype)
     K = means.shape[0]
@@ -63,7 +63,7 @@ def gaussian_mixture_log_prob(z, means, logvars, log_weights=None, *, per_dim=Fa
         out = torch.logsumexp(w[:, :, None] + terms, dim=1)
     else:
         out = torch.logsumexp(w + terms.sum(2), dim=1)
-    return out.to(z.dtype)
+    return out
 
 
 def mss_log_weights(batch_size: int, dataset_size: int, *, dtype=torch.float64, device="cpu"):
