@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from dgmfast.ops.common import normal_from_words, philox_reference
+from dgmfast.ops.common import philox_normal
 from dgmfast.reference.common import acc_dtype
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -13,11 +13,9 @@ ESTIMATORS = ("mws", "mss")
 
 
 def philox_normal_like(mu: torch.Tensor, seed) -> torch.Tensor:
-    """The N(0, 1) noise the kernels draw for a [B, D] tensor: element (b, d) uses Philox counter
-    b*D + d, stream 0, under `seed` (float32 Box-Muller), returned in mu's math dtype."""
-    n = mu.numel()
-    words = philox_reference(n, int(seed), stream=0, device=mu.device)
-    return normal_from_words(words[0], words[1]).view(mu.shape).to(acc_dtype(mu.dtype))
+    """The N(0, 1) noise the kernels draw for a [B, D] tensor: element (b, d) is Philox normal number
+    b*D + d, stream 0, under `seed` (dgmfast.ops.common.philox_normal), returned in mu's math dtype."""
+    return philox_normal(mu.numel(), int(seed), device=mu.device).view(mu.shape).to(acc_dtype(mu.dtype))
 
 
 def reparameterize(mu, logvar, *, eps=None, seed=None):
