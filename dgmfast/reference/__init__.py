@@ -2,3 +2,4 @@
 used by tests, benchmarks and as the "torch" backend."""
 from dgmfast.reference import coupling  # noqa: F401
 from dgmfast.reference import dequant  # noqa: F401
+from dgmfast.reference import mixlogistic  # noqa: F401

@@ -1,0 +1,90 @@
+// Host-side layouts of the mixture-coupling tensors (not device code), shared by the CPU and CUDA launchers.
+//
+// Element-wise tensors are [B, ...] and mixture parameters [B, ..., K]. The kernels address element e of
+// row b (component k) at  b*L.b + (e / M)*L.o + (e % M)*L.i + k*L.k  for one split e = o*M + i shared by
+// all tensors of a call. So K-last contiguous parameters (L.i = K, L.k = 1), permuted views of a
+// conditioner's output such as h.view(B, C, 3K+2, H, W).permute(0, 1, 3, 4, 2)[..., 2:K+2]
+// (L.o = (3K+2)HW, L.i = 1, L.k = HW) and zero-stride (expanded) tensors are all read in place; a tensor
+// whose element dims do not collapse to at most two runs of that split is copied (made contiguous).
+// dgmfast/ops/mixlogistic.py implements the same rules for the Triton launchers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace dgm {
+
+struct ElemLayout {
+  int64_t b, o, i, k;  // element strides: batch, outer index, inner index, component
+};
+
+// Element dims [1, 1 + elem_dims) of t collapsed into runs (size, stride), innermost first; size-1 dims
+// skipped. Returns the number of runs (at most 2 are recorded; more means "not two-level").
+inline int collapse_runs(const at::Tensor& t, int64_t elem_dims, int64_t size[2], int64_t stride[2]) {
+  int n = 0;
+  for (int64_t d = elem_dims; d >= 1; --d) {
+    const int64_t sz = t.size(d), st = t.stride(d);
+    if (sz == 1) continue;
+    if (n > 0 && n <= 2 && st == size[n - 1] * stride[n - 1]) {
+      size[n - 1] *= sz;
+      continue;
+    }
+    if (n < 2) {
+      size[n] = sz;
+      stride[n] = st;
+    }
+    ++n;
+  }
+  return n;
+}
+
+// The inner size M for tensors with element dims counts elem_dims: that of the first tensor whose
+// element dims form two runs, else N (one run covers the row).
+inline int64_t choose_inner(const std::vector<std::pair<const at::Tensor*, int64_t>>& tensors, int64_t N) {
+  for (const auto& [t, ed] : tensors) {
+    int64_t size[2], stride[2];
+    if (collapse_runs(*t, ed, size, stride) == 2) return size[0];
+  }
+  return N > 0 ? N : 1;
+}
+
+// The layout of t for split M, or false when t cannot be read in place with it.
+inline bool elem_layout(const at::Tensor& t, int64_t elem_dims, int64_t M, bool has_k, ElemLayout* out) {
+  int64_t size[2] = {1, 1}, stride[2] = {0, 0};
+  const int n = collapse_runs(t, elem_dims, size, stride);
+  if (n > 2 || (n == 2 && size[0] != M)) return false;
+  out->b = t.dim() > 0 ? t.stride(0) : 0;
+  out->k = has_k ? t.stride(t.dim() - 1) : 0;
+  if (n == 2) {
+    out->i = stride[0];
+    out->o = stride[1];
+  } else {
+    out->i = n == 1 ? stride[0] : 0;
+    out->o = M * out->i;
+  }
+  return true;
+}
+
+// t itself when its layout fits split M, else a contiguous copy; sets *layout.
+inline at::Tensor with_layout(const at::Tensor& t, int64_t elem_dims, int64_t M, bool has_k, ElemLayout* layout) {
+  if (elem_layout(t, elem_dims, M, has_k, layout)) return t;
+  at::Tensor c = t.contiguous();
+  TORCH_CHECK(elem_layout(c, elem_dims, M, has_k, layout), "dgmfast: internal layout error");
+  return c;
+}
+
+// An uninitialized gradient for parameter p: p's own dim order (empty_like) when that layout fits M,
+// else contiguous.
+inline at::Tensor grad_like(const at::Tensor& p, int64_t elem_dims, int64_t M, ElemLayout* layout) {
+  at::Tensor g = at::empty_like(p);
+  if (elem_layout(g, elem_dims, M, true, layout)) return g;
+  g = at::empty(p.sizes(), p.options());
+  TORCH_CHECK(elem_layout(g, elem_dims, M, true, layout), "dgmfast: internal layout error");
+  return g;
+}
+
+}  // namespace dgm
