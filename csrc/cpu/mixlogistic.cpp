@@ -1,15 +1,14 @@
 // Flow++ mixture-of-logistics coupling (SPEC §2), C++ CPU kernels. Math: csrc/include/dgmfast/mixlogistic.h.
 // Each task takes a chunk of one row's elements in blocks of one vector's lanes (the last block of a run
 // padded with zeros), copies the block's K parameters once into a tile (strided loads, any layout of
-// mixlogistic_layout.h), and runs every pass over K from the tile, vectorized across elements.
+// mixlogistic_launch.h), and runs every pass over K from the tile, vectorized across elements.
 // Schemas of the family are declared here; csrc/cuda/mixlogistic.cu registers the CUDA implementations.
 #include "loops.h"
 
 #include <dgmfast/mixlogistic.h>
-#include <dgmfast/mixlogistic_layout.h>
+#include <dgmfast/mixlogistic_launch.h>
 #include <dgmfast/rows.h>
 
-#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -87,51 +86,8 @@ struct Tile {
   }
 };
 
-struct Sizes {
-  int64_t B, N, K, M;
-};
-
-// Layouts of one call: every input split at one M (copies where a layout does not fit, see the header).
-struct Inputs {
-  at::Tensor x, pi, mu, l, r, t;
-  ElemLayout Lx, Lpi, Lmu, Ll, Lr, Lt;
-  Sizes sz;
-};
-
-Inputs prepare(const at::Tensor& x, const at::Tensor& pi, const at::Tensor& mu, const at::Tensor& l,
-               const at::Tensor& r, const at::Tensor& t, const at::Tensor* extra, int64_t* M_out) {
-  TORCH_CHECK(x.dim() >= 1, "dgmfast: x must have a batch dim");
-  check_same_shape(x, r, "log_scale");
-  check_same_shape(x, t, "shift");
-  const int64_t K = pi.size(-1), ed = x.dim() - 1;
-  TORCH_CHECK(K >= 1, "dgmfast: logits must have K >= 1 components");
-  std::vector<int64_t> psizes(x.sizes().begin(), x.sizes().end());
-  psizes.push_back(K);
-  for (const auto* p : {&pi, &mu, &l}) {
-    TORCH_CHECK(p->sizes() == at::IntArrayRef(psizes), "dgmfast: mixture parameters must have shape ", psizes,
-                ", got ", p->sizes());
-    TORCH_CHECK(p->scalar_type() == x.scalar_type(), "dgmfast: mixture parameters must have dtype ",
-                x.scalar_type());
-  }
-  const int64_t B = x.size(0), N = row_numel(x);
-  std::vector<std::pair<const at::Tensor*, int64_t>> all = {{&x, ed}, {&r, ed}, {&t, ed}, {&pi, ed}, {&mu, ed},
-                                                            {&l, ed}};
-  if (extra != nullptr) all.push_back({extra, ed});
-  const int64_t M = choose_inner(all, N);
-  Inputs in;
-  in.x = with_layout(x, ed, M, false, &in.Lx);
-  in.r = with_layout(r, ed, M, false, &in.Lr);
-  in.t = with_layout(t, ed, M, false, &in.Lt);
-  in.pi = with_layout(pi, ed, M, true, &in.Lpi);
-  in.mu = with_layout(mu, ed, M, true, &in.Lmu);
-  in.l = with_layout(l, ed, M, true, &in.Ll);
-  in.sz = {B, N, K, M};
-  *M_out = M;
-  return in;
-}
-
 template <typename scalar_t, int MAP>
-void fwd_impl(const Inputs& in, at::Tensor& y, at::Tensor& logdet, double clamp_d, double min_ls_d, bool shift_scale,
+void fwd_impl(const MixInputs& in, at::Tensor& y, at::Tensor& logdet, double clamp_d, double min_ls_d, bool shift_scale,
               bool reverse) {
   using IO = VecIO<scalar_t>;
   using math_t = typename IO::math_t;
@@ -192,7 +148,7 @@ void fwd_impl(const Inputs& in, at::Tensor& y, at::Tensor& logdet, double clamp_
 }
 
 template <typename scalar_t, int MAP>
-void bwd_impl(const Inputs& in, const at::Tensor& gy, const ElemLayout& Lgy, const at::Tensor& gld, at::Tensor& g_in,
+void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, const at::Tensor& gld, at::Tensor& g_in,
               const std::array<at::Tensor, 3>& gpar, const std::array<ElemLayout, 3>& Lgpar, at::Tensor& g_r,
               at::Tensor* g_t, double clamp_d, double min_ls_d, bool shift_scale, bool reverse) {
   using IO = VecIO<scalar_t>;
@@ -234,31 +190,16 @@ void bwd_impl(const Inputs& in, const at::Tensor& gy, const ElemLayout& Lgy, con
   });
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls f(TypeTag<scalar_t>{}, std::integral_constant<int, MAP>{}) for x's dtype and the scale map.
-template <typename F>
-void dispatch(const at::Tensor& x, int64_t scale_map, const F& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mixlogistic_coupling_cpu", [&] {
-    const bool known = dispatch_scale_map(scale_map, 0.0, [&](auto map) { f(TypeTag<scalar_t>{}, map); });
-    TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor> mixlogistic_coupling_fwd_cpu(const at::Tensor& x, const at::Tensor& logits,
                                                                  const at::Tensor& means, const at::Tensor& log_scales,
                                                                  const at::Tensor& log_scale, const at::Tensor& shift,
                                                                  int64_t scale_map, double clamp, double min_log_scale,
                                                                  bool shift_scale, bool reverse) {
-  int64_t M;
-  const Inputs in = prepare(x, logits, means, log_scales, log_scale, shift, nullptr, &M);
+  const MixInputs in = prepare_mix_inputs(x, logits, means, log_scales, log_scale, shift, nullptr);
   at::Tensor y = at::empty(x.sizes(), x.options());
   const auto ld_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor logdet = at::empty({x.size(0)}, x.options().dtype(ld_dtype));
-  dispatch(x, scale_map, [&](auto tag, auto map) {
+  dispatch_mix(x, scale_map, [&](auto tag, auto map) {
     fwd_impl<typename decltype(tag)::type, decltype(map)::value>(in, y, logdet, clamp, min_log_scale, shift_scale, reverse);
   });
   return {y, logdet};
@@ -268,8 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& x, const at::Tensor& logits, const at::Tensor& means, const at::Tensor& log_scales,
     const at::Tensor& log_scale, const at::Tensor& shift, const at::Tensor& grad_out, const at::Tensor& grad_logdet,
     int64_t scale_map, double clamp, double min_log_scale, bool shift_scale, bool reverse) {
-  int64_t M;
-  const Inputs in = prepare(x, logits, means, log_scales, log_scale, shift, &grad_out, &M);
+  const MixInputs in = prepare_mix_inputs(x, logits, means, log_scales, log_scale, shift, &grad_out);
+  const int64_t M = in.sz.M;
   check_same_shape(x, grad_out, "grad_out");
   const int64_t ed = x.dim() - 1;
   ElemLayout Lgy;
@@ -282,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // forward "scale_shift": grad_shift is grad_out itself (the caller aliases it)
   const bool write_gt = reverse || shift_scale;
   at::Tensor g_t = at::empty(write_gt ? x.sizes() : at::IntArrayRef{0}, x.options());
-  dispatch(x, scale_map, [&](auto tag, auto map) {
+  dispatch_mix(x, scale_map, [&](auto tag, auto map) {
     bwd_impl<typename decltype(tag)::type, decltype(map)::value>(in, gy, Lgy, gld, g_in, gpar, Lg, g_r, write_gt ? &g_t : nullptr, clamp, min_log_scale,
                             shift_scale, reverse);
   });

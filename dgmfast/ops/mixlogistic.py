@@ -10,7 +10,7 @@ Parameters ``[B, ..., K]`` are read through their strides: every tensor of a cal
 ``b*s_b + (e // M)*s_o + (e % M)*s_i + k*s_k`` for one split of the element index e = o*M + i, so
 K-last contiguous tensors, permuted views of a conditioner's output and expanded tensors are read in
 place; a tensor whose element dims do not form at most two runs of that split is copied
-(csrc/include/dgmfast/mixlogistic_layout.h implements the same rules for the C++ launchers).
+(csrc/include/dgmfast/mixlogistic_launch.h implements the same rules for the C++ launchers).
 Backends: "cpu"/"cuda" call dgmfast._C (csrc/cpu/mixlogistic.cpp, csrc/cuda/mixlogistic.cu),
 "triton" launches kernels/mixlogistic.py.
 """
@@ -24,7 +24,7 @@ from dgmfast.reference.mixlogistic import bisection_iters
 register_op("mixlogistic_coupling")  # every backend takes float16/bfloat16/float32/float64
 
 
-# ---- layouts (the rules of csrc/include/dgmfast/mixlogistic_layout.h) ------------------------------
+# ---- layouts (the rules of csrc/include/dgmfast/mixlogistic_launch.h) ------------------------------
 
 def _runs(t, elem_dims):
     """Element dims [1, 1 + elem_dims) collapsed into [size, stride] runs, innermost first."""

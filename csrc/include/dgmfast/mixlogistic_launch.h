@@ -1,4 +1,5 @@
-// Host-side layouts of the mixture-coupling tensors (not device code), shared by the CPU and CUDA launchers.
+// Host-side launcher helpers of the mixture coupling (not device code), shared by the CPU and CUDA launchers:
+// tensor layouts, input preparation, dtype and scale-map dispatch.
 //
 // Element-wise tensors are [B, ...] and mixture parameters [B, ..., K]. The kernels address element e of
 // row b (component k) at  b*L.b + (e / M)*L.o + (e % M)*L.i + k*L.k  for one split e = o*M + i shared by
@@ -9,10 +10,13 @@
 // dgmfast/ops/mixlogistic.py implements the same rules for the Triton launchers.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
+#include <dgmfast/coupling.h>
+#include <dgmfast/rows.h>
 
 #include <vector>
 
@@ -85,6 +89,64 @@ inline at::Tensor grad_like(const at::Tensor& p, int64_t elem_dims, int64_t M, E
   g = at::empty(p.sizes(), p.options());
   TORCH_CHECK(elem_layout(g, elem_dims, M, true, layout), "dgmfast: internal layout error");
   return g;
+}
+
+struct MixSizes {
+  int64_t B, N, K, M;  // rows, elements per row, components, inner split
+};
+
+// The inputs of one call with their layouts, every tensor split at one M (copies where a layout does not
+// fit); `extra` (the incoming gradient, or nullptr) takes part in choosing M.
+struct MixInputs {
+  at::Tensor x, pi, mu, l, r, t;
+  ElemLayout Lx, Lpi, Lmu, Ll, Lr, Lt;
+  MixSizes sz;
+};
+
+inline MixInputs prepare_mix_inputs(const at::Tensor& x, const at::Tensor& pi, const at::Tensor& mu,
+                                    const at::Tensor& l, const at::Tensor& r, const at::Tensor& t,
+                                    const at::Tensor* extra) {
+  TORCH_CHECK(x.dim() >= 1, "dgmfast: x must have a batch dim");
+  check_same_shape(x, r, "log_scale");
+  check_same_shape(x, t, "shift");
+  const int64_t K = pi.size(-1), ed = x.dim() - 1;
+  TORCH_CHECK(K >= 1, "dgmfast: logits must have K >= 1 components");
+  std::vector<int64_t> psizes(x.sizes().begin(), x.sizes().end());
+  psizes.push_back(K);
+  for (const auto* p : {&pi, &mu, &l}) {
+    TORCH_CHECK(p->sizes() == at::IntArrayRef(psizes), "dgmfast: mixture parameters must have shape ", psizes,
+                ", got ", p->sizes());
+    TORCH_CHECK(p->scalar_type() == x.scalar_type(), "dgmfast: mixture parameters must have dtype ",
+                x.scalar_type());
+  }
+  const int64_t B = x.size(0), N = row_numel(x);
+  std::vector<std::pair<const at::Tensor*, int64_t>> all = {{&x, ed}, {&r, ed}, {&t, ed}, {&pi, ed}, {&mu, ed},
+                                                            {&l, ed}};
+  if (extra != nullptr) all.push_back({extra, ed});
+  const int64_t M = choose_inner(all, N);
+  MixInputs in;
+  in.x = with_layout(x, ed, M, false, &in.Lx);
+  in.r = with_layout(r, ed, M, false, &in.Lr);
+  in.t = with_layout(t, ed, M, false, &in.Lt);
+  in.pi = with_layout(pi, ed, M, true, &in.Lpi);
+  in.mu = with_layout(mu, ed, M, true, &in.Lmu);
+  in.l = with_layout(l, ed, M, true, &in.Ll);
+  in.sz = {B, N, K, M};
+  return in;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<scalar_t>{}, std::integral_constant<int, MAP>{}) for x's dtype and the scale map.
+template <typename F>
+void dispatch_mix(const at::Tensor& x, int64_t scale_map, const F& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mixlogistic_coupling", [&] {
+    const bool known = dispatch_scale_map(scale_map, 0.0, [&](auto map) { f(TypeTag<scalar_t>{}, map); });
+    TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);
+  });
 }
 
 }  // namespace dgm
