@@ -7,13 +7,16 @@ from dgmfast.backends import select_backend
 from dgmfast.ops import actnorm as _actnorm
 from dgmfast.ops import coupling as _coupling
 from dgmfast.ops import dequant as _dequant
+from dgmfast.ops import dip as _dip
+from dgmfast.ops import vaeflows as _vaeflows
 from dgmfast.ops.common import (FLOAT_DTYPES, check_choice, check_like, check_tensor, draw_seed, philox_normal,
                                 philox_uniform)
 from dgmfast.reference.coupling import ORDERS, SCALE_MAPS
-from dgmfast.reference.dequant import MODES, bits_per_dim
+from dgmfast.reference.dequant import MODES
+from dgmfast.reference.dip import VARIANTS
 
 __all__ = ["affine_coupling", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
-           "bits_per_dim", "actnorm"]
+           "bits_per_dim", "dip_vae_penalty", "planar_flows", "iaf_step", "actnorm"]
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -61,7 +64,8 @@ def _check_bits(n_bits, in_bits=None):
         if v is not None and (not isinstance(v, int) or not 1 <= v <= 16):
             raise ValueError(f"{name} must be an integer in 1..16, got {v!r}")
     if in_bits is not None and n_bits > in_bits:
-        raise ValueError(f"n_bits must be <= in_bits (bits can only be dropped), got n_bits={n_bits}, in_bits={in_bits}")
+        raise ValueError(f"n_bits must be <= in_bits (bits can only be dropped), got n_bits={n_bits}, "
+                         f"in_bits={in_bits}")
 
 
 def _check_mode_alpha(mode, alpha):
@@ -70,15 +74,20 @@ def _check_mode_alpha(mode, alpha):
         raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
 
 
-def _check_pixels(name, x, bits):
-    """x: an integer tensor with values in [0, 2**bits); float input gets a TypeError that says how to convert."""
+def _check_pixel_dtype(name, x, bits):
+    """x: an integer tensor; float input gets a TypeError that says how to convert."""
     check_tensor(name, x, dtypes=None)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of pixel values in [0, {2**bits}) (e.g. torch.uint8), got "
                         f"{x.dtype}; for images in [0, 1] use (x * {2**bits - 1}).round().to(torch.uint8)")
     if x.dtype not in INT_DTYPES:
         raise TypeError(f"{name} must have an integer dtype in {[str(d) for d in INT_DTYPES]}, got {x.dtype}")
-    if x.numel() and not torch.compiler.is_compiling():  # data-dependent: checked in eager mode
+
+
+def _check_pixel_values(name, x, bits, backend):
+    """Values in [0, 2**bits). The C++ CPU kernels check while they read x (no extra pass, also under
+    torch.compile, same message); other backends are checked here, in eager mode (data-dependent)."""
+    if backend != "cpu" and x.numel() and not torch.compiler.is_compiling():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= 2**bits:
             raise ValueError(f"{name} must have values in [0, {2**bits}) for {bits} bits, got values in [{lo}, {hi}]")
@@ -109,15 +118,18 @@ def uniform_dequantize(x, *, n_bits=8, in_bits=8, mode="logit", alpha=0.05, gene
         _check_bits(n_bits)
         x = x.detach()
         backend = select_backend("uniform_dequantize", x.device, x.dtype)
+        if backend != "cpu" and not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+            raise ValueError("x (reverse=True: the dequantized values) must not contain NaN")  # the C++ kernel checks
         if backend == "torch":
             return reference.dequant.uniform_dequantize_reverse(x, n_bits=n_bits, mode=mode, alpha=alpha)
         return _dequant.uniform_dequantize_reverse(x, n_bits, _dequant.MODE_IDS[mode], float(alpha), backend)
     _check_bits(n_bits, in_bits)
-    _check_pixels("x", x, in_bits)
+    _check_pixel_dtype("x", x, in_bits)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
     seed = draw_seed(generator)
     backend = select_backend("uniform_dequantize", x.device, dtype)
+    _check_pixel_values("x", x, in_bits, backend)
     if backend == "torch":
         noise = philox_uniform(x.numel(), int(seed), device=x.device).view(x.shape)
         return reference.dequant.uniform_dequantize(x, noise, n_bits=n_bits, in_bits=in_bits, mode=mode, alpha=alpha,
@@ -155,16 +167,170 @@ def dequantize_sigmoid_tail(x, v, *, n_bits=8, mode="logit", alpha=0.05):
     """
     _check_bits(n_bits)
     _check_mode_alpha(mode, alpha)
-    _check_pixels("x", x, n_bits)
+    _check_pixel_dtype("x", x, n_bits)
     check_tensor("v", v)
     if tuple(v.shape) != tuple(x.shape):
         raise ValueError(f"v must have shape {tuple(x.shape)} (as x), got {tuple(v.shape)}")
     if v.device != x.device:
         raise ValueError(f"v must be on device {x.device} (as x), got {v.device}")
     backend = select_backend("dequantize_sigmoid_tail", v.device, v.dtype)
+    _check_pixel_values("x", x, n_bits, backend)
     if backend == "torch":
         return reference.dequant.dequantize_sigmoid_tail(x, v, n_bits=n_bits, mode=mode, alpha=alpha)
     return _dequant.dequantize_sigmoid_tail_fwd(x, v, n_bits, _dequant.MODE_IDS[mode], float(alpha), backend)
+
+
+def bits_per_dim(log_prob, log_weight, num_dims):
+    """``-(log_prob + log_weight) / (num_dims ln 2)``, SPEC §6: the dequantization bound on the discrete
+    negative log-likelihood in bits per dimension. ``log_prob``: ``log p(y)`` of the density model,
+    ``log_weight``: the dequantizer's (``[B]`` each); ``num_dims``: elements per sample (``C*H*W``)."""
+    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims <= 0:
+        raise ValueError(f"num_dims must be a positive integer (elements per sample), got {num_dims!r}")
+    return reference.dequant.bits_per_dim(log_prob, log_weight, num_dims)
+
+
+def dip_vae_penalty(mu, logvar=None, *, lambda_od, lambda_d, variant="i", process_group=None):
+    """DIP-VAE covariance penalty (Kumar et al. 2018), SPEC §8: a 0-dim tensor.
+
+    ``Cov = (1/N) sum_n (mu_n - mean)(mu_n - mean)^T`` (biased, centred over the batch); variant ``"ii"``
+    adds ``diag(mean_n exp(logvar_n))``. Penalty ``lambda_od * sum_{i != j} Cov_ij^2 + lambda_d * sum_i
+    (Cov_ii - 1)^2``. One pass over the rows for the statistics (shifted by the first row, so a large
+    mean loses no accuracy) and one for the gradient; nothing of size [N, D] is saved.
+
+    Args:
+        mu: ``[N, D]`` posterior means, N >= 1 (float16/bfloat16/float32/float64).
+        logvar: ``[N, D]`` posterior log-variances like mu; required for ``variant="ii"``, ignored by "i".
+        process_group: a ``torch.distributed`` group: the penalty of the batch concatenated over the group
+            (identical on every rank; statistics gathered, not rows). Its backward sums the incoming
+            gradients over the group, so under DDP parameter gradients equal single-process training on the
+            whole batch. Not traceable by torch.compile.
+    Returns:
+        The penalty, float32 (float64 for float64 mu). Gradients flow to mu (and logvar for "ii").
+
+    Example::
+
+        loss = recon + dgmfast.functional.dip_vae_penalty(mu, lambda_od=10.0, lambda_d=100.0)
+    """
+    check_tensor("mu", mu, min_dim=2)
+    if mu.dim() != 2:
+        raise ValueError(f"mu must be [N, D], got shape {tuple(mu.shape)}")
+    check_choice("variant", variant, VARIANTS)
+    if variant == "ii":
+        if logvar is None:
+            raise ValueError("logvar is required for variant='ii' (it adds diag(mean exp(logvar))), got None")
+        check_like("logvar", logvar, "mu", mu)
+    else:
+        logvar = None
+    for name, v in (("lambda_od", lambda_od), ("lambda_d", lambda_d)):
+        if not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    if mu.shape[1] == 0:
+        raise ValueError(f"mu must have at least one latent dim, got shape {tuple(mu.shape)}")
+    backend = select_backend("dip_vae_penalty", mu.device, mu.dtype)
+    if process_group is not None:
+        return _dip.GlobalDipPenalty.apply(mu, logvar, float(lambda_od), float(lambda_d), process_group, backend)
+    if mu.shape[0] == 0:
+        raise ValueError("mu must have at least one row (the covariance of an empty batch is undefined), got 0")
+    if backend == "torch":
+        return reference.dip.dip_vae_penalty(mu, logvar, lambda_od=lambda_od, lambda_d=lambda_d, variant=variant)
+    return _dip.dip_vae_penalty_fwd(mu, logvar, float(lambda_od), float(lambda_d), backend)[0]
+
+
+def _check_planar(z, u, w, b):
+    check_tensor("z", z, min_dim=2)
+    if z.dim() != 2:
+        raise ValueError(f"z must be [B, D], got shape {tuple(z.shape)}")
+    B, D = z.shape
+    check_tensor("w", w, dtypes=None)
+    if w.dim() not in (2, 3) or w.shape[-1] != D or (w.dim() == 3 and w.shape[0] != B):
+        raise ValueError(f"w must be [L, {D}] (shared) or [{B}, L, {D}] (amortized), got shape {tuple(w.shape)}")
+    check_like("w", w, "z", z, shape=w.shape)
+    check_like("u", u, "w", w)
+    L = w.shape[-2]
+    check_tensor("b", b, dtypes=None)
+    if tuple(b.shape) not in ((L,), (B, L)):
+        raise ValueError(f"b must be [{L}] or [{B}, {L}], got shape {tuple(b.shape)}")
+    check_like("b", b, "z", z, shape=b.shape)
+
+
+def planar_flows(z, u, w, b):
+    """L planar flow steps (Rezende & Mohamed 2015) in one kernel, SPEC §5: ``(z_L, logdet)``.
+
+    Step l: ``u_hat = u + (m(w.u) - w.u) w/|w|^2`` with ``m(a) = -1 + softplus(a)`` (so ``w.u_hat > -1``: every
+    step is invertible), ``a = w.z + b``, ``z <- z + u_hat tanh(a)``, ``logdet += log(1 + (1 - tanh(a)^2) w.u_hat)``.
+    A step with ``w = 0`` is ``z + u tanh(b)`` with log-det 0.
+
+    Args:
+        z: ``[B, D]``.
+        u, w: ``[L, D]`` shared by the batch, or ``[B, L, D]`` amortized (e.g. views of an encoder's output,
+            read through their strides); same dtype and device as z.
+        b: ``[L]`` or ``[B, L]``.
+    Returns:
+        ``(z_L, logdet)``: z_L like z, logdet ``[B]`` (float32, float64 for float64 z). Backward saves the
+        inputs and the ``[B, L]`` pre-activations only.
+
+    Example::
+
+        u, w, b = dgmfast.nn.PlanarFlow.split_params(encoder_head(x), num_layers=16, dim=64)
+        z_k, logdet = dgmfast.functional.planar_flows(z0, u, w, b)
+    """
+    _check_planar(z, u, w, b)
+    backend = select_backend("planar_flows", z.device, z.dtype)
+    if backend == "torch":
+        return reference.vaeflows.planar_flows(z, u, w, b)
+    out, logdet, _ = _vaeflows.planar_flows_fwd(z, u, w, b, backend)
+    return out, logdet
+
+
+def _depends_on(outputs, t):
+    """Whether any of `outputs` was computed from tensor `t` (walks the autograd graph)."""
+    target = t.grad_fn
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node is target or getattr(node, "variable", None) is t:
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def iaf_step(z, mean, log_scale_raw, *, sigmoid_bias=2.0, reverse=False):
+    """One inverse-autoregressive-flow step in the numerically stable form (Kingma et al. 2016), SPEC §5.
+
+    ``g = sigmoid(log_scale_raw + sigmoid_bias)``, ``z' = g z + (1 - g) mean``, ``logdet[b] = sum log g``
+    (pyro's ``AffineAutoregressive(stable=True)``). ``reverse=True``: ``z = (z' - (1 - g) mean)/g``, logdet
+    ``-sum log g``; this is the inverse only when ``mean`` and ``log_scale_raw`` do not depend on ``z'``
+    (inverting a whole autoregressive step takes D such calls, see ``dgmfast.nn.IAF``): a reverse call whose
+    mean or log-scale was computed from z' itself raises (detected through the autograd graph in eager mode).
+
+    Args:
+        z, mean, log_scale_raw: ``[B, ...]`` of one shape, dtype and device.
+    Returns:
+        ``(z', logdet)``; logdet ``[B]`` float32 (float64 for float64 z).
+    """
+    check_tensor("z", z)
+    check_like("mean", mean, "z", z)
+    check_like("log_scale_raw", log_scale_raw, "z", z)
+    if not isinstance(sigmoid_bias, (int, float)) or sigmoid_bias != sigmoid_bias:
+        raise ValueError(f"sigmoid_bias must be a finite number, got {sigmoid_bias!r}")
+    if reverse and z.requires_grad and not torch.compiler.is_compiling() and _depends_on((mean, log_scale_raw), z):
+        raise ValueError("iaf_step(reverse=True) needs mean and log_scale_raw that do not depend on z (the input "
+                         "being inverted); invert an autoregressive step one dimension at a time instead "
+                         "(dgmfast.nn.IAF.forward(..., reverse=True))")
+    return iaf_step_unchecked(z, mean, log_scale_raw, sigmoid_bias, reverse)
+
+
+def iaf_step_unchecked(z, mean, log_scale_raw, sigmoid_bias, reverse):
+    """:func:`iaf_step` without validation, for callers that built valid inputs themselves (dgmfast.nn.IAF
+    inverts with D reverse calls whose mean and log-scale depend on z only through already-solved dims)."""
+    backend = select_backend("iaf_step", z.device, z.dtype)
+    if backend == "torch":
+        return reference.vaeflows.iaf_step(z, mean, log_scale_raw, sigmoid_bias=sigmoid_bias, reverse=reverse)
+    return _vaeflows.iaf_step_fwd(z, mean, log_scale_raw, float(sigmoid_bias), bool(reverse), backend)
 
 
 def actnorm(x, loc, log_scale, *, reverse=False):

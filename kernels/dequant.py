@@ -29,6 +29,22 @@ def _dequant_map(q, alpha, MODE: tl.constexpr):
 
 
 @triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    """A runtime scalar passed as two float32 parts (Triton passes Python floats as float32): exact to
+    about 2^-48 relative in float64 math."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def _cube_point(x, u, ACC: tl.constexpr):
+    """x + u kept below x + 1 (see cube_point in csrc/include/dgmfast/dequant.h)."""
+    if ACC == tl.float64:
+        return x + u  # exact (a 24-bit u plus an integer below 2^16): never reaches x + 1
+    else:
+        return tl.minimum(x + u, (x + 1.0) * 0.99999994039535522)  # 1 - 2^-24: the float32 below 1
+
+
+@triton.jit
 def _row_chunk(N, num_chunks, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = pid // num_chunks
@@ -42,13 +58,14 @@ def _uniform_dequantize_fwd_kernel(
     y_ptr,                  # [B, N] output (float dtype)
     partial_ptr,            # [B, num_chunks] partial log-det sums
     N, num_chunks, x_row,   # elements per sample, chunks per sample, batch stride of x
-    seed, shift, inv_n, alpha,
+    seed, shift, inv_n, alpha_hi, alpha_lo,   # alpha = alpha_hi + alpha_lo (see _scalar)
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid, row, offs, mask = _row_chunk(N, num_chunks, BLOCK)
+    alpha = _scalar(alpha_hi, alpha_lo, ACC)
     x = tl.load(x_ptr + row * x_row + offs, mask=mask, other=0)
     u = philox_uniform(row * N + offs, 0, seed)
-    q = ((x >> shift).to(ACC) + u.to(ACC)) * inv_n
+    q = _cube_point((x >> shift).to(ACC), u.to(ACC), ACC) * inv_n
     y, ld = _dequant_map(q, alpha, MODE)
     tl.store(y_ptr + row * N + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(partial_ptr + pid, tl.sum(tl.where(mask, ld, 0.0), axis=0))
@@ -57,10 +74,11 @@ def _uniform_dequantize_fwd_kernel(
 @triton.jit
 def _uniform_dequantize_rev_kernel(
     y_ptr, x_ptr, partial_ptr,   # float input (row-contiguous), integer output [B, N], partial log-dets
-    N, num_chunks, y_row, n, alpha,
+    N, num_chunks, y_row, n, alpha_hi, alpha_lo,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid, row, offs, mask = _row_chunk(N, num_chunks, BLOCK)
+    alpha = _scalar(alpha_hi, alpha_lo, ACC)
     y = tl.load(y_ptr + row * y_row + offs, mask=mask, other=0.0).to(ACC)
     if MODE == 2:
         q = (sigmoid(y) - alpha) / (1.0 - 2.0 * alpha)
@@ -83,19 +101,20 @@ def _gaussian_sample_log_prob_kernel(
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid, row, offs, mask = _row_chunk(N, num_chunks, BLOCK)
-    z = philox_normal(row * N + offs, 0, seed)
-    tl.store(eps_ptr + row * N + offs, z.to(eps_ptr.dtype.element_ty), mask=mask)
-    za = z.to(ACC)
+    z = philox_normal(row * N + offs, 0, seed).to(eps_ptr.dtype.element_ty)
+    tl.store(eps_ptr + row * N + offs, z, mask=mask)
+    za = z.to(ACC)  # the log-density is of the returned (rounded) eps
     tl.store(partial_ptr + pid, tl.sum(tl.where(mask, -0.5 * za * za, 0.0), axis=0))
 
 
 @triton.jit
 def _sigmoid_tail_fwd_kernel(
     x_ptr, v_ptr, y_ptr, partial_ptr,   # integer x, pre-sigmoid v (row-contiguous), y [B, N], partials
-    N, num_chunks, x_row, v_row, inv_n, alpha,
+    N, num_chunks, x_row, v_row, inv_n, alpha_hi, alpha_lo,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid, row, offs, mask = _row_chunk(N, num_chunks, BLOCK)
+    alpha = _scalar(alpha_hi, alpha_lo, ACC)
     x = tl.load(x_ptr + row * x_row + offs, mask=mask, other=0).to(ACC)
     v = tl.load(v_ptr + row * v_row + offs, mask=mask, other=0.0).to(ACC)
     y, ld = _dequant_map((x + sigmoid(v)) * inv_n, alpha, MODE)
@@ -107,10 +126,11 @@ def _sigmoid_tail_fwd_kernel(
 @triton.jit
 def _sigmoid_tail_bwd_kernel(
     x_ptr, v_ptr, gy_ptr, gld_ptr, gv_ptr,   # inputs, grad of y, grad of logdet [B], grad of v [B, N]
-    N, num_chunks, x_row, v_row, gy_row, inv_n, alpha,
+    N, num_chunks, x_row, v_row, gy_row, inv_n, alpha_hi, alpha_lo,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     _, row, offs, mask = _row_chunk(N, num_chunks, BLOCK)
+    alpha = _scalar(alpha_hi, alpha_lo, ACC)
     x = tl.load(x_ptr + row * x_row + offs, mask=mask, other=0).to(ACC)
     v = tl.load(v_ptr + row * v_row + offs, mask=mask, other=0.0).to(ACC)
     gy = tl.load(gy_ptr + row * gy_row + offs, mask=mask, other=0.0).to(ACC)

@@ -184,7 +184,7 @@ def test_seeds_and_manual_seed_reproduce():
 
     def training_step():
         torch.manual_seed(11)
-        model = dgmfast.nn.VariationalDequantization(3, n_bits=8, hidden=8, context_channels=4)
+        model = dgmfast.nn.VariationalDequantization(channels=3, n_bits=8, hidden=8, context_channels=4)
         y, lw = model(x)
         loss = (0.5 * y.square().sum((1, 2, 3)) - lw).mean()
         loss.backward()
@@ -246,7 +246,7 @@ def test_uniform_bound_upper_bounds_discrete_nll(dims):
 def test_variational_dequantization_backends_agree_and_train():
     x = pixels((3, 1, 6, 6), bits=5)
     torch.manual_seed(0)
-    model = dgmfast.nn.VariationalDequantization(1, n_bits=5, hidden=8, context_channels=4)
+    model = dgmfast.nn.VariationalDequantization(channels=1, n_bits=5, hidden=8, context_channels=4)
     for p in model.parameters():  # leave the zero init so the flow is not the identity
         p.data.add_(0.05 * torch.randn_like(p))
     out = {}
@@ -262,9 +262,23 @@ def test_variational_dequantization_backends_agree_and_train():
     torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-5, atol=1e-3)
     for a, b in zip(out["cpu"][2], out["torch"][2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    uq = dgmfast.nn.UniformDequantization(n_bits=5)
+    uq = dgmfast.nn.UniformDequantization(n_bits=5, in_bits=5)
     y, lw = uq(x)
     torch.testing.assert_close(uq.reverse(y), x)
+
+
+def test_uniform_module_drops_bits_like_the_functional():
+    """Defaults match the functional (in_bits=8): n_bits=5 on 8-bit images keeps the top 5 bits (Glow);
+    positional arguments follow the issue's signature (n_bits, mode, alpha)."""
+    x = pixels((2, 3, 4, 4))
+    uq = dgmfast.nn.UniformDequantization(5, "centered", 0.1)
+    assert (uq.n_bits, uq.mode, uq.alpha, uq.in_bits) == (5, "centered", 0.1, 8)
+    with backend("cpu"):
+        y, lw = uq(x, generator=torch.Generator().manual_seed(3))
+        y_f, ld_f = F.uniform_dequantize(x, n_bits=5, mode="centered", generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(y, y_f, rtol=0, atol=0)
+        torch.testing.assert_close(lw, ld_f, rtol=0, atol=0)
+        torch.testing.assert_close(uq.reverse(y), x >> 3)
 
 
 def test_bad_inputs_name_the_argument():
@@ -303,3 +317,126 @@ def test_empty_batch(dev, be):
     assert y.shape == (0, 3, 4) and ld.shape == (0,) and yt.shape == (0, 3, 4) and ldt.shape == (0,)
     (yt.sum() + ldt.sum()).backward()
     assert v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_out_of_range_pixels_raise_on_every_backend(dev, be):
+    """Nothing is clamped: the C++ kernels check while reading x, the other backends in the functional."""
+    x = torch.tensor([[3, 300, 7]], dtype=torch.int16, device=dev)
+    v = torch.zeros(1, 3, device=dev)
+    with backend(be):
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 256\) for 8 bits, got values in \[3, 300\]"):
+            F.uniform_dequantize(x)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 8\) for 3 bits, got values in \[-2, 7\]"):
+            F.uniform_dequantize(torch.tensor([[-2, 7]], dtype=torch.int8, device=dev), n_bits=2, in_bits=3)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits, got values in \[3, 300\]"):
+            F.dequantize_sigmoid_tail(x, v, n_bits=5)
+        with pytest.raises(ValueError, match="must not contain NaN"):
+            F.uniform_dequantize(torch.tensor([[0.3, float("nan")]], device=dev), reverse=True)
+
+
+def test_out_of_range_pixels_raise_under_torch_compile():
+    """Under torch.compile the functional's eager check is skipped; the C++ kernel still refuses."""
+    bad = torch.tensor([[1, 2], [40, 3]], dtype=torch.uint8)
+    v = torch.zeros(2, 2)
+    with backend("cpu"):
+        torch._dynamo.reset()
+        dequant = torch.compile(lambda x: F.uniform_dequantize(x, n_bits=5, in_bits=5)[0], fullgraph=True)
+        tail = torch.compile(lambda x, v: F.dequantize_sigmoid_tail(x, v, n_bits=5)[0], fullgraph=True)
+        assert dequant(bad % 32).shape == (2, 2)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits, got values in \[1, 40\]"):
+            dequant(bad)
+        with pytest.raises(ValueError, match=r"x must have values in \[0, 32\) for 5 bits"):
+            tail(bad, v)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_gaussian_log_prob_is_of_the_returned_eps(dev, be, dtype):
+    """log_prob is the density of the eps actually returned (rounded to dtype), as the noise flow sees it."""
+    with backend(be):
+        eps, lp = F.gaussian_sample_log_prob((3, 2, 50), generator=torch.Generator().manual_seed(8), dtype=dtype,
+                                             device=dev)
+    assert eps.dtype == dtype and lp.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6  # float32 sums of 100 terms, |log_prob| ~ 140
+    torch.testing.assert_close(lp.double(), ref.gaussian_log_prob(eps.double()), rtol=tol, atol=tol)
+
+
+def test_consecutive_calls_of_one_generator_are_uncorrelated():
+    """One generator, two calls: fresh seeds, |r| < 5/sqrt(n) (5 sigma) at n = 1e6; the cube of x stays put."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.zeros(1, 1_000_000, dtype=torch.uint8)
+    with backend("cpu"):
+        u1, u2 = (F.uniform_dequantize(x, mode="unit", generator=g)[0].double().flatten() * 256 for _ in range(2))
+        e1, e2 = (F.gaussian_sample_log_prob((1, 1_000_000), generator=g)[0].double().flatten() for _ in range(2))
+    bound = 5 / math.sqrt(x.numel())
+    assert abs(np.corrcoef(u1.numpy(), u2.numpy())[0, 1]) < bound
+    assert abs(np.corrcoef(e1.numpy(), e2.numpy())[0, 1]) < bound
+    assert abs(np.corrcoef(u1.numpy(), e1.numpy())[0, 1]) < bound
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # interpreter: sigmoid's exp(-v) -> inf -> 0
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_sigmoid_tail_noncontiguous_zero_stride_grads_and_extreme_v(dev, be):
+    x = pixels((4, 6, 3), bits=4, device=dev).transpose(1, 2)          # not row-contiguous
+    v = torch.linspace(-1e4, 1e4, 72, dtype=torch.float64).view(4, 6, 3).transpose(1, 2).to(dev)
+    v = v.float().requires_grad_()
+    with backend(be):
+        y, ld = F.dequantize_sigmoid_tail(x, v, n_bits=4)
+    (y.sum() + ld.sum()).backward()                                     # zero-stride incoming grads
+    v64 = v.detach().double().requires_grad_()
+    y64, ld64 = ref.dequantize_sigmoid_tail(x, v64, n_bits=4)
+    (y64.sum() + ld64.sum()).backward()
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all() and torch.isfinite(v.grad).all()
+    assert_close(y, y64, name="y")
+    assert_close(ld, ld64, rtol=1e-6, atol=1e-2, name="logdet")       # |ld| ~ 1e5: float32 sums
+    assert_close(v.grad, v64.grad, rtol=1e-4, atol=1e-5, name="grad_v")
+
+
+def test_uniform_dequantize_output_has_no_gradient_and_bits_per_dim_checks_num_dims():
+    """x is data: y and logdet are constants for autograd (integer x cannot require grad)."""
+    y, ld = F.uniform_dequantize(pixels((2, 3)))
+    assert not y.requires_grad and not ld.requires_grad and y.grad_fn is None
+    with pytest.raises(ValueError, match="num_dims must be a positive integer"):
+        F.bits_per_dim(torch.zeros(2), torch.zeros(2), 0)
+
+
+@pytest.mark.parametrize("dev,be", KERNEL_CASES)
+@pytest.mark.parametrize("alpha", [1e-12, 1e-5, 0.05, 0.499])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logit_logdet_long_rows_and_extreme_alpha(dev, be, alpha, dtype):
+    """Rows longer than a chunk (the CPU loop multiplies p(1-p) factors before one log) with pixels at both
+    ends of the range, so p reaches alpha and 1 - alpha."""
+    x = pixels((3, 2100), device=dev)
+    x[:, :300], x[:, 300:600] = 0, 255
+    with backend(be):
+        y, ld = F.uniform_dequantize(x, alpha=alpha, dtype=dtype, generator=torch.Generator().manual_seed(12))
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(12)))
+    noise = philox_uniform(x.numel(), seed, device=dev).view(x.shape).double()
+    y64, ld64 = ref.uniform_dequantize(x, noise, alpha=alpha, dtype=torch.float64)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    if dtype == torch.float64:
+        assert_close(y, y64, rtol=1e-10, atol=1e-10, name="y")
+        assert_close(ld, ld64, rtol=1e-10, atol=1e-8, name="logdet")
+        return
+    # float32: near p = 1 - alpha with tiny alpha, y = logit(p) amplifies the rounding of q by 1/(1-p);
+    # the bound is the error of the reference run in float32 itself
+    y32, ld32 = ref.uniform_dequantize(x, noise.float(), alpha=alpha, dtype=torch.float32)
+    for name, out, exact, low in (("y", y, y64, y32), ("logdet", ld, ld64, ld32)):
+        err, ref_err = (out.double() - exact).abs(), (low.double() - exact).abs()
+        assert (err <= 2 * ref_err + 1e-5 * (1 + exact.abs())).all(), f"{name}: {err.max():.3g} vs {ref_err.max():.3g}"
+
+
+@pytest.mark.parametrize("dev,be", [c for c in backend_cases() if c.id != "cpu-triton"])  # 1e6 elements: not
+def test_unit_mode_stays_inside_the_cube(dev, be):                                         # for the interpreter
+    """x + u must stay below x + 1: in float32, 255 + u rounds up to 256 for u > 1 - 2^-17, which would move the
+    point into the next cube. With 1e6 draws about 7 such u occur (asserted); unit mode must round-trip exactly."""
+    n, seed = 1_000_000, 31
+    x = torch.full((1, n), 255, dtype=torch.uint8, device=dev)
+    drawn = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(seed)))
+    assert (philox_uniform(n, drawn) > 1 - 2.0**-17).sum() >= 1
+    with backend(be):
+        y, _ = F.uniform_dequantize(x, mode="unit", generator=torch.Generator().manual_seed(seed))
+        x_back, _ = F.uniform_dequantize(y, mode="unit", reverse=True)
+    assert y.max() < 1
+    torch.testing.assert_close(x_back, x, rtol=0, atol=0)

@@ -9,8 +9,11 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/max.h>
+#include <ATen/ops/min.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 
 namespace dgm::cpu {
@@ -19,36 +22,63 @@ namespace {
 constexpr int64_t kSub = 512;  // elements per noise/convert buffer inside a chunk
 constexpr double kLog2Pi = 1.8378770664093453;
 
+// Integer pixels must lie in [0, 2**bits): the kernels OR together x >> bits (nonzero for values
+// >= 2**bits and, arithmetic shift, for negatives) while they read x, so the check costs no extra
+// pass and also holds under torch.compile. On failure the message matches the Python validation.
+void check_pixels(const at::Tensor& x, int64_t bits, const std::atomic<bool>& out_of_range) {
+  if (!out_of_range.load()) return;
+  TORCH_CHECK_VALUE(false, "x must have values in [0, ", int64_t(1) << bits, ") for ", bits, " bits, got values in [",
+                    at::min(x).item<int64_t>(), ", ", at::max(x).item<int64_t>(), "]");
+}
+
 double dequant_row_constant(int64_t D, int64_t mode, double alpha, int64_t n_bits) {
   return D * ((mode == kModeLogit ? std::log1p(-2.0 * alpha) : 0.0) - n_bits * std::log(2.0));
 }
 
 template <typename int_t, typename out_t, int MODE>
-void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t shift, int64_t n_bits, double alpha_d,
-                             at::Tensor& y, at::Tensor& logdet) {
+void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits, int64_t n_bits, double alpha_d,
+                             at::Tensor& y, at::Tensor& logdet, std::atomic<bool>& out_of_range) {
   using IO = VecIO<out_t>;
   using math_t = typename IO::math_t;
   using Vec = typename IO::Vec;
   const int64_t B = x.size(0), N = row_numel(x), xs = row_stride(x);
   const int_t* xp = x.const_data_ptr<int_t>();
   out_t* yp = y.mutable_data_ptr<out_t>();
+  const int shift = static_cast<int>(in_bits - n_bits);
   const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits)), alpha = alpha_d;
-  const Vec vinv_n(inv_n), valpha(alpha);
+  const Vec valpha(alpha);
+  const int group = logit_factor_group(alpha_d);
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
     alignas(64) float u[kSub];
     alignas(64) math_t q[kSub];
     Vec vacc(0);
     math_t acc = 0;
+    int64_t over = 0;
     for (int64_t s = lo; s < hi; s += kSub) {
       const int64_t m = std::min(kSub, hi - s);
       philox_uniform_fill(static_cast<uint64_t>(b * N + s), m, 0, seed, u);
       const int_t* xb = xp + b * xs + s;
-      for (int64_t j = 0; j < m; ++j) q[j] = (static_cast<math_t>(xb[j] >> shift) + u[j]) * inv_n;
+      for (int64_t j = 0; j < m; ++j) {
+        over |= xb[j] >> in_bits;
+        q[j] = cube_point(static_cast<math_t>(xb[j] >> shift), static_cast<math_t>(u[j])) * inv_n;
+      }
       int64_t j = 0;
-      for (; j + IO::kSize <= m; j += IO::kSize) {
-        Vec ld;
-        IO::store(yp + b * N + s + j, dequant_map<MODE>(Vec::loadu(q + j), valpha, &ld));
-        vacc = vacc + ld;
+      if constexpr (MODE == kModeLogit) {  // one log per element: see logit_map_factor
+        while (j + IO::kSize <= m) {
+          Vec prod(1);
+          for (int k = 0; k < group && j + IO::kSize <= m; ++k, j += IO::kSize) {
+            Vec factor;
+            IO::store(yp + b * N + s + j, logit_map_factor(Vec::loadu(q + j), valpha, &factor));
+            prod = prod * factor;
+          }
+          vacc = vacc - prod.log();
+        }
+      } else {
+        for (; j + IO::kSize <= m; j += IO::kSize) {
+          Vec ld;
+          IO::store(yp + b * N + s + j, dequant_map<MODE>(Vec::loadu(q + j), valpha, &ld));
+          vacc = vacc + ld;
+        }
       }
       for (; j < m; ++j) {
         math_t ld;
@@ -56,13 +86,14 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t shift, 
         acc += ld;
       }
     }
+    if (over != 0) out_of_range.store(true);
     return acc + at::vec::vec_reduce_all<math_t>([](Vec a, Vec c) { return a + c; }, vacc);
   });
 }
 
 template <typename in_t, typename int_t, int MODE>
 void uniform_dequantize_rev_impl(const at::Tensor& y, int64_t n_bits, double alpha_d, at::Tensor& x,
-                                 at::Tensor& logdet) {
+                                 at::Tensor& logdet, std::atomic<bool>& has_nan) {
   using math_t = opmath_t<in_t>;
   const int64_t B = y.size(0), N = row_numel(y), ys = row_stride(y);
   const in_t* yp = y.const_data_ptr<in_t>();
@@ -70,20 +101,23 @@ void uniform_dequantize_rev_impl(const at::Tensor& y, int64_t n_bits, double alp
   const math_t n = std::ldexp(1.0, static_cast<int>(n_bits)), alpha = alpha_d;
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
     math_t acc = 0;
+    bool nan = false;
     for (int64_t i = lo; i < hi; ++i) {
       math_t ld;
       const math_t q = dequant_unmap<MODE>(static_cast<math_t>(yp[b * ys + i]), alpha, &ld);
       const math_t k = std::floor(n * q);
-      xp[b * N + i] = static_cast<int_t>(k < 0 ? math_t(0) : (k > n - 1 ? n - 1 : k));
+      nan |= k != k;  // no integer to return (and casting NaN is undefined): raised below
+      xp[b * N + i] = static_cast<int_t>(k >= 0 ? (k > n - 1 ? n - 1 : k) : math_t(0));
       acc -= ld;
     }
+    if (nan) has_nan.store(true);
     return acc;
   });
 }
 
 template <typename int_t, typename out_t, int MODE>
 void sigmoid_tail_fwd_impl(const at::Tensor& x, const at::Tensor& v, int64_t n_bits, double alpha_d, at::Tensor& y,
-                           at::Tensor& logdet) {
+                           at::Tensor& logdet, std::atomic<bool>& out_of_range) {
   using IO = VecIO<out_t>;
   using math_t = typename IO::math_t;
   using Vec = typename IO::Vec;
@@ -97,9 +131,14 @@ void sigmoid_tail_fwd_impl(const at::Tensor& x, const at::Tensor& v, int64_t n_b
     alignas(64) math_t xf[kSub];
     Vec vacc(0);
     math_t acc = 0;
+    int64_t over = 0;
     for (int64_t s = lo; s < hi; s += kSub) {
       const int64_t m = std::min(kSub, hi - s);
-      for (int64_t j = 0; j < m; ++j) xf[j] = static_cast<math_t>(xp[b * xs + s + j]);
+      const int_t* xb = xp + b * xs + s;
+      for (int64_t j = 0; j < m; ++j) {
+        over |= xb[j] >> n_bits;
+        xf[j] = static_cast<math_t>(xb[j]);
+      }
       const out_t* vb = vp + b * vs + s;
       out_t* yb = yp + b * N + s;
       int64_t j = 0;
@@ -114,6 +153,7 @@ void sigmoid_tail_fwd_impl(const at::Tensor& x, const at::Tensor& v, int64_t n_b
         acc += ld;
       }
     }
+    if (over != 0) out_of_range.store(true);
     return acc + at::vec::vec_reduce_all<math_t>([](Vec a, Vec c) { return a + c; }, vacc);
   });
 }
@@ -164,16 +204,18 @@ std::tuple<at::Tensor, at::Tensor> uniform_dequantize_fwd_cpu(const at::Tensor& 
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(dtype));
   at::Tensor logdet = at::empty({B}, x.options().dtype(logdet_dtype(dtype)));
   const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  std::atomic<bool> out_of_range{false};
   AT_DISPATCH_INTEGRAL_TYPES(x.scalar_type(), "uniform_dequantize_fwd_cpu", [&] {
     using int_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "uniform_dequantize_fwd_cpu", [&] {
       const bool known = dispatch_dequant_mode(mode, [&](auto m) {
-        uniform_dequantize_impl<int_t, scalar_t, decltype(m)::value>(x, s, in_bits - n_bits, n_bits, alpha, y,
-                                                                     logdet);
+        uniform_dequantize_impl<int_t, scalar_t, decltype(m)::value>(x, s, in_bits, n_bits, alpha, y, logdet,
+                                                                     out_of_range);
       });
       TORCH_CHECK(known, "dgmfast: unknown dequantization mode id ", mode);
     });
   });
+  check_pixels(x, in_bits, out_of_range);
   logdet.add_(dequant_row_constant(N, mode, alpha, n_bits));
   return {y, logdet};
 }
@@ -184,17 +226,19 @@ std::tuple<at::Tensor, at::Tensor> uniform_dequantize_rev_cpu(const at::Tensor& 
   const int64_t B = y.size(0), N = row_numel(y);
   at::Tensor x = at::empty(y.sizes(), y.options().dtype(n_bits <= 8 ? at::kByte : at::kInt));
   at::Tensor logdet = at::empty({B}, y.options().dtype(logdet_dtype(y.scalar_type())));
+  std::atomic<bool> has_nan{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "uniform_dequantize_rev_cpu", [&] {
     using in_t = scalar_t;
     const bool known = dispatch_dequant_mode(mode, [&](auto m) {
       if (n_bits <= 8) {
-        uniform_dequantize_rev_impl<in_t, uint8_t, decltype(m)::value>(y, n_bits, alpha, x, logdet);
+        uniform_dequantize_rev_impl<in_t, uint8_t, decltype(m)::value>(y, n_bits, alpha, x, logdet, has_nan);
       } else {
-        uniform_dequantize_rev_impl<in_t, int32_t, decltype(m)::value>(y, n_bits, alpha, x, logdet);
+        uniform_dequantize_rev_impl<in_t, int32_t, decltype(m)::value>(y, n_bits, alpha, x, logdet, has_nan);
       }
     });
     TORCH_CHECK(known, "dgmfast: unknown dequantization mode id ", mode);
   });
+  TORCH_CHECK_VALUE(!has_nan.load(), "x (reverse=True: the dequantized values) must not contain NaN");
   logdet.sub_(dequant_row_constant(N, mode, alpha, n_bits));
   return {x, logdet};
 }
@@ -215,8 +259,9 @@ std::tuple<at::Tensor, at::Tensor> gaussian_sample_log_prob_cpu(const at::Tensor
         const int64_t m = std::min(kSub, hi - st);
         philox_normal_fill(static_cast<uint64_t>(b * N + st), m, 0, s, z);
         for (int64_t j = 0; j < m; ++j) {
-          ep[b * N + st + j] = static_cast<scalar_t>(z[j]);
-          acc += static_cast<math_t>(z[j]) * static_cast<math_t>(z[j]);
+          const scalar_t e = static_cast<scalar_t>(z[j]);  // the log-density is of the returned eps
+          ep[b * N + st + j] = e;
+          acc += static_cast<math_t>(e) * static_cast<math_t>(e);
         }
       }
       return math_t(-0.5) * acc;
@@ -232,15 +277,17 @@ std::tuple<at::Tensor, at::Tensor> dequantize_sigmoid_tail_fwd_cpu(const at::Ten
   const int64_t B = x.size(0), N = row_numel(x);
   at::Tensor y = at::empty(v.sizes(), v.options());
   at::Tensor logdet = at::empty({B}, v.options().dtype(logdet_dtype(v.scalar_type())));
+  std::atomic<bool> out_of_range{false};
   AT_DISPATCH_INTEGRAL_TYPES(x.scalar_type(), "dequantize_sigmoid_tail_fwd_cpu", [&] {
     using int_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "dequantize_sigmoid_tail_fwd_cpu", [&] {
       const bool known = dispatch_dequant_mode(mode, [&](auto m) {
-        sigmoid_tail_fwd_impl<int_t, scalar_t, decltype(m)::value>(x, v, n_bits, alpha, y, logdet);
+        sigmoid_tail_fwd_impl<int_t, scalar_t, decltype(m)::value>(x, v, n_bits, alpha, y, logdet, out_of_range);
       });
       TORCH_CHECK(known, "dgmfast: unknown dequantization mode id ", mode);
     });
   });
+  check_pixels(x, n_bits, out_of_range);
   logdet.add_(dequant_row_constant(N, mode, alpha, n_bits));
   return {y, logdet};
 }

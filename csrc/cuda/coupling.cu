@@ -25,8 +25,7 @@ __global__ void affine_coupling_fwd_kernel(const scalar_t* __restrict__ x,  // [
                                            opmath_t<scalar_t> clamp, opmath_t<scalar_t> eps,
                                            bool reverse, bool shift_first) {
   using math_t = opmath_t<scalar_t>;
-  const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk;
-  const int64_t hi = lo + kChunk < N ? lo + kChunk : N;
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   x += b * xs;
   r += b * rs;
   t += b * ts;
@@ -55,8 +54,7 @@ __global__ void affine_coupling_bwd_kernel(const scalar_t* __restrict__ x, const
                                            int64_t gys, opmath_t<scalar_t> clamp, opmath_t<scalar_t> eps,
                                            bool reverse, bool shift_first) {
   using math_t = opmath_t<scalar_t>;
-  const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk;
-  const int64_t hi = lo + kChunk < N ? lo + kChunk : N;
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   x += b * xs;
   r += b * rs;
   t += b * ts;
@@ -93,13 +91,11 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_cuda(const at::Tensor& x_
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_fwd_cuda", [&] {
       using math_t = opmath_t<scalar_t>;
       const bool known = dispatch_scale_map(scale_map, eps, [&](auto map) {
-        affine_coupling_fwd_kernel<scalar_t, decltype(map)::value>
-            <<<rc.blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        DGM_LAUNCH_ROWS((affine_coupling_fwd_kernel<scalar_t, decltype(map)::value>), rc,
                 x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
                 y.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<math_t>(), N, rc.chunks, row_stride(x),
                 row_stride(r), row_stride(t), static_cast<math_t>(clamp), static_cast<math_t>(eps),
                 reverse, shift_first);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);
     });
@@ -122,14 +118,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_bwd_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_bwd_cuda", [&] {
       using math_t = opmath_t<scalar_t>;
       const bool known = dispatch_scale_map(scale_map, eps, [&](auto map) {
-        affine_coupling_bwd_kernel<scalar_t, decltype(map)::value>
-            <<<rc.blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        DGM_LAUNCH_ROWS((affine_coupling_bwd_kernel<scalar_t, decltype(map)::value>), rc,
                 x.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
                 gy.const_data_ptr<scalar_t>(), gld.const_data_ptr<math_t>(), gx.mutable_data_ptr<scalar_t>(),
                 gr.mutable_data_ptr<scalar_t>(), reverse ? gt.mutable_data_ptr<scalar_t>() : nullptr, N,
                 rc.chunks, row_stride(x), row_stride(r), row_stride(t), row_stride(gy),
                 static_cast<math_t>(clamp), static_cast<math_t>(eps), reverse, shift_first);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       TORCH_CHECK(known, "dgmfast: unknown scale_map id ", scale_map);
     });

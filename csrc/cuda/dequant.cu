@@ -27,11 +27,6 @@ double dequant_row_constant(int64_t D, int64_t mode, double alpha, int64_t n_bit
 
 at::ScalarType logdet_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Common prologue of the row-chunk kernels: sample b and element range [lo, hi) of this block.
-#define DGM_ROW_CHUNK                                                    \
-  const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk; \
-  const int64_t hi = lo + kChunk < N ? lo + kChunk : N;
-
 template <typename int_t, typename out_t, int MODE>
 __global__ void uniform_dequantize_kernel(const int_t* __restrict__ x,  // integer input, row stride xs
                                           out_t* __restrict__ y,        // [B, N]
@@ -39,13 +34,13 @@ __global__ void uniform_dequantize_kernel(const int_t* __restrict__ x,  // integ
                                           int64_t N, int64_t chunks, int64_t xs, uint64_t seed, int shift,
                                           opmath_t<out_t> inv_n, opmath_t<out_t> alpha) {
   using math_t = opmath_t<out_t>;
-  DGM_ROW_CHUNK
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   math_t acc = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     const math_t u = philox_uniform(static_cast<uint64_t>(b * N + i), 0, seed);
     math_t ld;
     y[b * N + i] = static_cast<out_t>(
-        dequant_map<MODE>((static_cast<math_t>(x[b * xs + i] >> shift) + u) * inv_n, alpha, &ld));
+        dequant_map<MODE>(cube_point(static_cast<math_t>(x[b * xs + i] >> shift), u) * inv_n, alpha, &ld));
     acc += ld;
   }
   acc = block_sum(acc);
@@ -57,13 +52,13 @@ __global__ void uniform_dequantize_rev_kernel(const in_t* __restrict__ y, int_t*
                                               opmath_t<in_t>* __restrict__ partial, int64_t N, int64_t chunks,
                                               int64_t ys, opmath_t<in_t> n, opmath_t<in_t> alpha) {
   using math_t = opmath_t<in_t>;
-  DGM_ROW_CHUNK
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   math_t acc = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     math_t ld;
     const math_t q = dequant_unmap<MODE>(static_cast<math_t>(y[b * ys + i]), alpha, &ld);
-    const math_t k = floor(n * q);
-    x[b * N + i] = static_cast<int_t>(k < 0 ? math_t(0) : (k > n - 1 ? n - 1 : k));
+    const math_t k = floor(n * q);  // NaN (rejected by the functional in eager mode) maps to 0, not UB
+    x[b * N + i] = static_cast<int_t>(k >= 0 ? (k > n - 1 ? n - 1 : k) : math_t(0));
     acc -= ld;
   }
   acc = block_sum(acc);
@@ -74,11 +69,12 @@ template <typename out_t>
 __global__ void gaussian_sample_log_prob_kernel(out_t* __restrict__ eps, opmath_t<out_t>* __restrict__ partial,
                                                 int64_t N, int64_t chunks, uint64_t seed) {
   using math_t = opmath_t<out_t>;
-  DGM_ROW_CHUNK
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   math_t acc = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
-    const math_t z = philox_normal(static_cast<uint64_t>(b * N + i), 0, seed);
-    eps[b * N + i] = static_cast<out_t>(z);
+    const out_t e = static_cast<out_t>(philox_normal(static_cast<uint64_t>(b * N + i), 0, seed));
+    eps[b * N + i] = e;  // the log-density is of the returned (rounded) eps
+    const math_t z = static_cast<math_t>(e);
     acc -= math_t(0.5) * z * z;
   }
   acc = block_sum(acc);
@@ -91,7 +87,7 @@ __global__ void sigmoid_tail_fwd_kernel(const int_t* __restrict__ x, const out_t
                                         int64_t chunks, int64_t xs, int64_t vs, opmath_t<out_t> inv_n,
                                         opmath_t<out_t> alpha) {
   using math_t = opmath_t<out_t>;
-  DGM_ROW_CHUNK
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   math_t acc = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     math_t ld;
@@ -109,7 +105,7 @@ __global__ void sigmoid_tail_bwd_kernel(const int_t* __restrict__ x, const out_t
                                         out_t* __restrict__ gv, int64_t N, int64_t chunks, int64_t xs, int64_t vs,
                                         int64_t gs, opmath_t<out_t> inv_n, opmath_t<out_t> alpha) {
   using math_t = opmath_t<out_t>;
-  DGM_ROW_CHUNK
+  const auto [b, lo, hi] = this_row_chunk(N, chunks);
   const math_t g_ld = gld[b];
   for (int64_t i = lo + threadIdx.x; i < hi; i += kThreads) {
     gv[b * N + i] = static_cast<out_t>(sigmoid_tail_bwd_elem<MODE>(
@@ -117,10 +113,6 @@ __global__ void sigmoid_tail_bwd_kernel(const int_t* __restrict__ x, const out_t
         static_cast<math_t>(gy[b * gs + i]), g_ld));
   }
 }
-
-#define DGM_LAUNCH(kernel, ...)                                                                 \
-  kernel<<<rc.blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(__VA_ARGS__);          \
-  C10_CUDA_KERNEL_LAUNCH_CHECK()
 
 std::tuple<at::Tensor, at::Tensor> uniform_dequantize_fwd_cuda(const at::Tensor& x_in, const at::Tensor& seed,
                                                                int64_t n_bits, int64_t in_bits, int64_t mode,
@@ -138,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> uniform_dequantize_fwd_cuda(const at::Tensor&
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "uniform_dequantize_fwd_cuda", [&] {
         using math_t = opmath_t<scalar_t>;
         const bool known = dispatch_dequant_mode(mode, [&](auto m) {
-          DGM_LAUNCH((uniform_dequantize_kernel<int_t, scalar_t, decltype(m)::value>), x.const_data_ptr<int_t>(),
+          DGM_LAUNCH_ROWS((uniform_dequantize_kernel<int_t, scalar_t, decltype(m)::value>), rc, x.const_data_ptr<int_t>(),
                      y.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<math_t>(), N, rc.chunks,
                      row_stride(x), s, static_cast<int>(in_bits - n_bits),
                      static_cast<math_t>(std::ldexp(1.0, -static_cast<int>(n_bits))), static_cast<math_t>(alpha));
@@ -167,11 +159,11 @@ std::tuple<at::Tensor, at::Tensor> uniform_dequantize_rev_cuda(const at::Tensor&
       const math_t n = static_cast<math_t>(std::ldexp(1.0, static_cast<int>(n_bits)));
       const bool known = dispatch_dequant_mode(mode, [&](auto m) {
         if (n_bits <= 8) {
-          DGM_LAUNCH((uniform_dequantize_rev_kernel<in_t, uint8_t, decltype(m)::value>), y.const_data_ptr<in_t>(),
+          DGM_LAUNCH_ROWS((uniform_dequantize_rev_kernel<in_t, uint8_t, decltype(m)::value>), rc, y.const_data_ptr<in_t>(),
                      x.mutable_data_ptr<uint8_t>(), partial.mutable_data_ptr<math_t>(), N, rc.chunks,
                      row_stride(y), n, static_cast<math_t>(alpha));
         } else {
-          DGM_LAUNCH((uniform_dequantize_rev_kernel<in_t, int32_t, decltype(m)::value>), y.const_data_ptr<in_t>(),
+          DGM_LAUNCH_ROWS((uniform_dequantize_rev_kernel<in_t, int32_t, decltype(m)::value>), rc, y.const_data_ptr<in_t>(),
                      x.mutable_data_ptr<int32_t>(), partial.mutable_data_ptr<math_t>(), N, rc.chunks,
                      row_stride(y), n, static_cast<math_t>(alpha));
         }
@@ -196,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_sample_log_prob_cuda(const at::Tenso
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "gaussian_sample_log_prob_cuda",
                                     [&] {
                                       using math_t = opmath_t<scalar_t>;
-                                      DGM_LAUNCH(gaussian_sample_log_prob_kernel<scalar_t>,
+                                      DGM_LAUNCH_ROWS(gaussian_sample_log_prob_kernel<scalar_t>, rc,
                                                  eps.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<math_t>(),
                                                  N, rc.chunks, s);
                                     });
@@ -221,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> dequantize_sigmoid_tail_fwd_cuda(const at::Te
                                       [&] {
         using math_t = opmath_t<scalar_t>;
         const bool known = dispatch_dequant_mode(mode, [&](auto m) {
-          DGM_LAUNCH((sigmoid_tail_fwd_kernel<int_t, scalar_t, decltype(m)::value>), x.const_data_ptr<int_t>(),
+          DGM_LAUNCH_ROWS((sigmoid_tail_fwd_kernel<int_t, scalar_t, decltype(m)::value>), rc, x.const_data_ptr<int_t>(),
                      v.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<math_t>(),
                      N, rc.chunks, row_stride(x), row_stride(v),
                      static_cast<math_t>(std::ldexp(1.0, -static_cast<int>(n_bits))), static_cast<math_t>(alpha));
@@ -250,7 +242,7 @@ at::Tensor dequantize_sigmoid_tail_bwd_cuda(const at::Tensor& x_in, const at::Te
                                       [&] {
         using math_t = opmath_t<scalar_t>;
         const bool known = dispatch_dequant_mode(mode, [&](auto m) {
-          DGM_LAUNCH((sigmoid_tail_bwd_kernel<int_t, scalar_t, decltype(m)::value>), x.const_data_ptr<int_t>(),
+          DGM_LAUNCH_ROWS((sigmoid_tail_bwd_kernel<int_t, scalar_t, decltype(m)::value>), rc, x.const_data_ptr<int_t>(),
                      v.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), gld.const_data_ptr<math_t>(),
                      gv.mutable_data_ptr<scalar_t>(), N, rc.chunks, row_stride(x), row_stride(v), row_stride(gy),
                      static_cast<math_t>(std::ldexp(1.0, -static_cast<int>(n_bits))), static_cast<math_t>(alpha));

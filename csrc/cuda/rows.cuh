@@ -24,6 +24,21 @@ inline RowChunks row_chunks(int64_t B, int64_t N) {
   return {chunks, B * chunks};
 }
 
+// The sample b and element range [lo, hi) of this block of a row-chunk launch.
+struct RowChunk {
+  int64_t b, lo, hi;
+};
+
+__device__ __forceinline__ RowChunk this_row_chunk(int64_t N, int64_t chunks) {
+  const int64_t b = blockIdx.x / chunks, lo = (blockIdx.x % chunks) * kChunk;
+  return {b, lo, lo + kChunk < N ? lo + kChunk : N};
+}
+
+// Launches kernel<<<rc.blocks, kThreads>>> on the current stream and checks the launch.
+#define DGM_LAUNCH_ROWS(kernel, rc, ...)                                                      \
+  kernel<<<(rc).blocks, ::dgm::cuda::kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(__VA_ARGS__); \
+  C10_CUDA_KERNEL_LAUNCH_CHECK()
+
 // Sum of v over the block; the result is valid in thread 0.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {

@@ -9,11 +9,15 @@ from dgmfast.nn.coupling import AffineCoupling
 
 class UniformDequantization(nn.Module):
     """``forward(x) -> (y, log_weight)``: :func:`dgmfast.functional.uniform_dequantize` with
-    ``log_weight = logdet``; ``reverse(y)`` maps back to integers."""
+    ``log_weight = logdet``; ``reverse(y)`` maps back to ``n_bits`` integers. ``in_bits`` (default 8,
+    as the functional) is the width of the incoming pixels: ``n_bits=5`` on 8-bit images drops 3 bits."""
 
-    def __init__(self, n_bits=8, in_bits=None, mode="logit", alpha=0.05):
+    def __init__(self, n_bits=8, mode="logit", alpha=0.05, *, in_bits=8):
         super().__init__()
-        self.n_bits, self.in_bits, self.mode, self.alpha = n_bits, in_bits or n_bits, mode, alpha
+        self.n_bits, self.in_bits, self.mode, self.alpha = n_bits, in_bits, mode, alpha
+
+    def extra_repr(self):
+        return f"n_bits={self.n_bits}, mode={self.mode!r}, alpha={self.alpha}, in_bits={self.in_bits}"
 
     def forward(self, x, generator=None):
         return F.uniform_dequantize(x, n_bits=self.n_bits, in_bits=self.in_bits, mode=self.mode, alpha=self.alpha,
@@ -68,9 +72,12 @@ class VariationalDequantization(nn.Module):
     (default: a small conv net with 16 output channels).
     """
 
-    def __init__(self, channels, noise_flow=None, context_net=None, n_bits=8, mode="logit", alpha=0.05,
+    def __init__(self, noise_flow=None, context_net=None, n_bits=8, mode="logit", alpha=0.05, *, channels=None,
                  context_channels=16, hidden=32):
         super().__init__()
+        if (noise_flow is None or context_net is None) and channels is None:
+            raise ValueError("channels (the image channels C) is required to build the default noise_flow / "
+                             "context_net, got channels=None")
         self.n_bits, self.mode, self.alpha = n_bits, mode, alpha
         self.context_net = context_net if context_net is not None else nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, context_channels, 3, padding=1))

@@ -30,6 +30,12 @@ def _grid(x, n):
     return block, warps, chunks
 
 
+def _f32_parts(v):
+    """(hi, lo) float32-representable parts of a float, hi + lo == v to ~2^-48 (see kernels/dequant.py)."""
+    hi = float(torch.tensor(v, dtype=torch.float32))
+    return hi, v - hi
+
+
 def _partials(x, B, chunks, dtype):
     return torch.empty((B, chunks), dtype=acc_dtype(dtype), device=x.device)  # every slot written
 
@@ -46,8 +52,8 @@ def _uniform_fwd_triton(x, seed, n_bits, in_bits, mode, alpha, dtype):
     partial = _partials(x, B, chunks, dtype)
     if B * chunks > 0:
         _uniform_dequantize_fwd_kernel[(B * chunks,)](
-            x, y, partial, N, chunks, row_stride(x), int(seed.item()), in_bits - n_bits, 2.0**-n_bits, alpha,
-            MODE=mode, ACC=triton_acc(dtype), BLOCK=block, num_warps=warps)
+            x, y, partial, N, chunks, row_stride(x), int(seed.item()), in_bits - n_bits, 2.0**-n_bits,
+            *_f32_parts(alpha), MODE=mode, ACC=triton_acc(dtype), BLOCK=block, num_warps=warps)
     return y, partial.sum(1) + row_constant(N, _MODE_NAMES[mode], alpha, n_bits)
 
 
@@ -61,7 +67,7 @@ def _uniform_rev_triton(y, n_bits, mode, alpha):
     partial = _partials(y, B, chunks, y.dtype)
     if B * chunks > 0:
         _uniform_dequantize_rev_kernel[(B * chunks,)](
-            y, x, partial, N, chunks, row_stride(y), float(2**n_bits), alpha,
+            y, x, partial, N, chunks, row_stride(y), float(2**n_bits), *_f32_parts(alpha),
             MODE=mode, ACC=triton_acc(y.dtype), BLOCK=block, num_warps=warps)
     return x, partial.sum(1) - row_constant(N, _MODE_NAMES[mode], alpha, n_bits)
 
@@ -135,7 +141,8 @@ def _tail_fwd_triton(x, v, n_bits, mode, alpha):
     partial = _partials(v, B, chunks, v.dtype)
     if B * chunks > 0:
         _sigmoid_tail_fwd_kernel[(B * chunks,)](x, v, y, partial, N, chunks, row_stride(x), row_stride(v),
-                                                2.0**-n_bits, alpha, MODE=mode, ACC=triton_acc(v.dtype),
+                                                2.0**-n_bits, *_f32_parts(alpha), MODE=mode,
+                                                ACC=triton_acc(v.dtype),
                                                 BLOCK=block, num_warps=warps)
     return y, partial.sum(1) + row_constant(N, _MODE_NAMES[mode], alpha, n_bits)
 
@@ -149,8 +156,8 @@ def _tail_bwd_triton(x, v, gy, gld, n_bits, mode, alpha):
     gv = v.new_empty(v.shape)
     if B * chunks > 0:
         _sigmoid_tail_bwd_kernel[(B * chunks,)](x, v, gy, gld.contiguous(), gv, N, chunks, row_stride(x),
-                                                row_stride(v), row_stride(gy), 2.0**-n_bits, alpha, MODE=mode,
-                                                ACC=triton_acc(v.dtype), BLOCK=block, num_warps=warps)
+                                                row_stride(v), row_stride(gy), 2.0**-n_bits, *_f32_parts(alpha),
+                                                MODE=mode, ACC=triton_acc(v.dtype), BLOCK=block, num_warps=warps)
     return gv
 
 

@@ -3,3 +3,5 @@ used by tests, benchmarks and as the "torch" backend."""
 from dgmfast.reference import actnorm  # noqa: F401
 from dgmfast.reference import coupling  # noqa: F401
 from dgmfast.reference import dequant  # noqa: F401
+from dgmfast.reference import dip  # noqa: F401
+from dgmfast.reference import vaeflows  # noqa: F401

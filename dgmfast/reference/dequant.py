@@ -25,16 +25,23 @@ def dequant_map(q, mode, alpha):
     return lp - l1p, -(lp + l1p)
 
 
+def cube_point(x, u):
+    """x + u kept below x + 1 in x's float dtype: in float32, x + u rounds up to x + 1 when u is within
+    half an ulp of 1, which would move the point into the next cube."""
+    return torch.minimum(x + u, (x + 1) * (1 - torch.finfo(x.dtype).eps / 2))
+
+
 def row_constant(num_dims, mode, alpha, n_bits):
     """D * (log(1 - 2 alpha) [logit] - log n): the part of every sample's log-det that is constant."""
     return num_dims * ((math.log1p(-2 * alpha) if mode == "logit" else 0.0) - n_bits * math.log(2.0))
 
 
 def uniform_dequantize(x, noise, *, n_bits=8, in_bits=8, mode="logit", alpha=0.05, dtype=torch.float32):
-    """y = mode((floor(x / 2**(in_bits - n_bits)) + noise) / 2**n_bits); logdet = log|det dy/d(x+u)| per sample."""
+    """y = mode((floor(x / 2**(in_bits - n_bits)) + noise) / 2**n_bits) (the sum kept below the next integer,
+    see cube_point); logdet = log|det dy/d(x+u)| per sample."""
     acc = acc_dtype(dtype)
     xr = torch.div(x, 2 ** (in_bits - n_bits), rounding_mode="floor").to(acc)
-    y, ld = dequant_map((xr + noise.to(acc)) * 2.0**-n_bits, mode, alpha)
+    y, ld = dequant_map(cube_point(xr, noise.to(acc)) * 2.0**-n_bits, mode, alpha)
     num_dims = math.prod(x.shape[1:])
     return y.to(dtype), per_sample_sum(ld) + row_constant(num_dims, mode, alpha, n_bits)
 

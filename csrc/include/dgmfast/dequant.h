@@ -9,11 +9,21 @@
 
 #include <dgmfast/common.h>
 
+#include <limits>
 #include <type_traits>
 
 namespace dgm {
 
 enum DequantMode : int { kModeUnit = 0, kModeCentered = 1, kModeLogit = 2 };
+
+// x + u for an integer x and u in [0, 1), kept inside the cube [x, x + 1): in float32, x + u rounds up
+// to x + 1 when u is within half an ulp of 1 (x >= 1), which would move the point to the next cube
+// (and break reverse). (x + 1)(1 - eps/2) is the largest T below the integer x + 1.
+template <typename T>
+DGM_HOST_DEVICE DGM_INLINE T cube_point(T x, T u) {
+  constexpr T kBelowOne = T(1) - std::numeric_limits<T>::epsilon() / T(2);
+  return dgm::min(x + u, (x + T(1)) * kBelowOne);
+}
 
 // y of the mode at q; *ld = the per-element log-det term (constants excluded).
 template <int MODE, typename T>
@@ -30,6 +40,26 @@ DGM_HOST_DEVICE DGM_INLINE T dequant_map(T q, T alpha, T* ld) {
     *ld = T(0) - (lp + l1p);
     return lp - l1p;
   }
+}
+
+// The logit map in the form the CPU loop sums cheaply: returns y = log(p / (1-p)) and sets
+// *factor = p (1-p), whose -log is the per-element log-det. The loop multiplies up to
+// logit_factor_group(alpha) factors before taking one log, so each element costs one log instead of
+// two; p(1-p) >= alpha(1-alpha) bounds the product away from underflow.
+template <typename T>
+DGM_HOST_DEVICE DGM_INLINE T logit_map_factor(T q, T alpha, T* factor) {
+  T p = alpha + (T(1) - T(2) * alpha) * q;
+  T p1 = T(1) - p;
+  *factor = p * p1;
+  return dgm::log(p / p1);
+}
+
+// How many factors p(1-p) >= alpha(1-alpha) multiply without leaving the normal float32 range
+// (product >= 1e-30): 8 for alpha >= 1.6e-4, at least 1 for any alpha in (0, 1/2).
+inline int logit_factor_group(double alpha) {
+  int group = 1;
+  while (group < 8 && std::pow(alpha * (1.0 - alpha), group + 1) >= 1e-30) ++group;
+  return group;
 }
 
 // dy/dq and d(ld)/dq of dequant_map at q.
@@ -64,11 +94,15 @@ DGM_HOST_DEVICE DGM_INLINE T dequant_unmap(T y, T alpha, T* ld_forward) {
 }
 
 // The Flow++ tail: u = sigmoid(v), q = (x + u) * inv_n; returns y, *ld = mode term + log sigmoid'(v).
+// One exp serves both: with e = exp(-|v|), sigmoid(v) = 1/(1+e) (v >= 0) or e/(1+e), and
+// log sigmoid'(v) = -softplus(v) - softplus(-v) = -|v| - 2 log1p(e).
 template <int MODE, typename T>
 DGM_HOST_DEVICE DGM_INLINE T sigmoid_tail_fwd_elem(T x, T v, T inv_n, T alpha, T* ld) {
+  const T e = dgm::exp(T(0) - dgm::abs(v));
+  const T r = T(1) / (T(1) + e);
   T mode_ld;
-  T y = dequant_map<MODE>((x + dgm::sigmoid(v)) * inv_n, alpha, &mode_ld);
-  *ld = mode_ld - dgm::softplus(v) - dgm::softplus(T(0) - v);
+  T y = dequant_map<MODE>((x + dgm::where_nonneg(v, r, e * r)) * inv_n, alpha, &mode_ld);
+  *ld = mode_ld - dgm::abs(v) - T(2) * dgm::log1p(e);
   return y;
 }
 

@@ -16,22 +16,26 @@ struct Philox4 {
   uint32_t x[4];
 };
 
+// One Philox round on counter (c0..c3) and key (k0, k1), bumping the key.
+DGM_HOST_DEVICE DGM_INLINE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t& k0,
+                                             uint32_t& k1) {
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+  const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c1 = static_cast<uint32_t>(p1);
+  c3 = static_cast<uint32_t>(p0);
+  c0 = n0;
+  c2 = n2;
+  k0 += 0x9E3779B9u;
+  k1 += 0xBB67AE85u;
+}
+
 DGM_HOST_DEVICE DGM_INLINE Philox4 philox4x32_10(uint64_t counter, uint32_t stream, uint64_t seed) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = stream, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
 #pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
-    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
-    c1 = static_cast<uint32_t>(p1);
-    c3 = static_cast<uint32_t>(p0);
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
+  for (int round = 0; round < 10; ++round) philox_round(c0, c1, c2, c3, k0, k1);
   return {{c0, c1, c2, c3}};
 }
 
@@ -59,37 +63,62 @@ DGM_HOST_DEVICE DGM_INLINE float philox_normal(uint64_t index, uint32_t stream, 
   return radius * ((k & 1) ? ::sinf(angle) : ::cosf(angle));
 }
 
-// Host-side block fills: out[j] = uniform/normal(first + j) for j < n, one Philox call per aligned
-// group of four elements (the group loop is plain integer/float array code the compiler vectorizes).
-template <typename PerElement, typename PerGroup>
-inline void philox_fill(uint64_t first, int64_t n, float* out, const PerElement& one, const PerGroup& four) {
+// Host-side block fills: out[j] = uniform/normal(first + j) for j < n. Aligned groups of four elements
+// get their words from philox_words_block, a loop over counters the compiler vectorizes.
+inline void philox_words_block(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, uint32_t* __restrict w0,
+                               uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  for (int64_t g = 0; g < G; ++g) {
+    const uint64_t counter = g0 + g;
+    uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = stream, c3 = 0;
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma GCC unroll 10
+    for (int round = 0; round < 10; ++round) philox_round(c0, c1, c2, c3, k0, k1);
+    w0[g] = c0;
+    w1[g] = c1;
+    w2[g] = c2;
+    w3[g] = c3;
+  }
+}
+
+// Calls one(i) for unaligned head/tail elements and four(w0, w1, w2, w3, G, out) for runs of G aligned
+// groups whose words are w*[0..G).
+template <typename PerElement, typename PerGroups>
+inline void philox_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out,
+                        const PerElement& one, const PerGroups& four) {
+  constexpr int64_t kGroups = 64;
+  alignas(64) uint32_t w[4][kGroups];
   int64_t j = 0;
   for (; j < n && ((first + j) & 3) != 0; ++j) out[j] = one(first + j);
-  const int64_t groups = (n - j) / 4;
-  const uint64_t g0 = (first + j) >> 2;
-  for (int64_t g = 0; g < groups; ++g) four(g0 + g, out + j + 4 * g);
-  for (j += 4 * groups; j < n; ++j) out[j] = one(first + j);
+  for (int64_t left = (n - j) / 4; left > 0;) {
+    const int64_t G = left < kGroups ? left : kGroups;
+    philox_words_block((first + j) >> 2, G, stream, seed, w[0], w[1], w[2], w[3]);
+    four(w, G, out + j);
+    j += 4 * G;
+    left -= G;
+  }
+  for (; j < n; ++j) out[j] = one(first + j);
 }
 
 inline void philox_uniform_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
   philox_fill(
-      first, n, out, [&](uint64_t i) { return philox_uniform(i, stream, seed); },
-      [&](uint64_t g, float* o) {
-        const Philox4 r = philox4x32_10(g, stream, seed);
-        for (int w = 0; w < 4; ++w) o[w] = uniform_from_bits(r.x[w]);
+      first, n, stream, seed, out, [&](uint64_t i) { return philox_uniform(i, stream, seed); },
+      [](const uint32_t (*w)[64], int64_t G, float* o) {
+        for (int64_t g = 0; g < G; ++g)
+          for (int k = 0; k < 4; ++k) o[4 * g + k] = uniform_from_bits(w[k][g]);
       });
 }
 
 inline void philox_normal_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
   philox_fill(
-      first, n, out, [&](uint64_t i) { return philox_normal(i, stream, seed); },
-      [&](uint64_t g, float* o) {
-        const Philox4 r = philox4x32_10(g, stream, seed);
-        for (int k = 0; k < 2; ++k) {
-          float radius, angle;
-          box_muller(r.x[2 * k], r.x[2 * k + 1], &radius, &angle);
-          o[2 * k] = radius * ::cosf(angle);
-          o[2 * k + 1] = radius * ::sinf(angle);
+      first, n, stream, seed, out, [&](uint64_t i) { return philox_normal(i, stream, seed); },
+      [](const uint32_t (*w)[64], int64_t G, float* o) {
+        for (int64_t g = 0; g < G; ++g) {
+          for (int k = 0; k < 2; ++k) {
+            float radius, angle;
+            box_muller(w[2 * k][g], w[2 * k + 1][g], &radius, &angle);
+            o[4 * g + 2 * k] = radius * ::cosf(angle);
+            o[4 * g + 2 * k + 1] = radius * ::sinf(angle);
+          }
         }
       });
 }
