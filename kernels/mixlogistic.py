@@ -104,8 +104,9 @@ def _mixlogistic_fwd_kernel(
             eew = ew * e
             s_pos = tl.sum(tl.where(z >= 0, ew, eew), axis=1)
             s_neg = tl.sum(tl.where(z >= 0, eew, ew), axis=1)
-            vm = tl.log(s_pos) - tl.log(s_neg)
             smallest = tl.minimum(s_pos, s_neg)
+            # floored: where a sum is below 1e-30 the log-domain value replaces vm anyway
+            vm = tl.log(tl.maximum(s_pos, 1e-30)) - tl.log(tl.maximum(s_neg, 1e-30))
             if tl.min(smallest, axis=0) < 1e-30:  # a sum may have lost terms: log-domain sums there
                 _, lc, ls, _ = _stats(mid, pi, mu, l_raw, kmask, min_log_scale)
                 vm = tl.where(smallest >= 1e-30, vm, lc - ls)
