@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import dgmfast
+import dgmfast.data
 from benchmarks.train_common import RESULTS, compare, fused_backend, plot_curves, train_run, write_json
 from dgmfast import functional as F
 
