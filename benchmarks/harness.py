@@ -30,6 +30,10 @@ class Case:
     flops: Optional[Callable] = None  # flops(args, kwargs) -> FLOPs, for compute-bound ops
     dtypes: tuple = (torch.float32,)
     gpu_dtypes: tuple = (torch.float32, torch.bfloat16)
+    # Why the eager reference is not timed for this case (e.g. it would materialize more memory than the
+    # machine has), or None. The row then shows "-" for eager and its speed-up, and keeps the reason
+    # (row["eager_skipped"]); torch.compile(reference) and dgmfast are still timed.
+    skip_eager: Optional[str] = None
 
 
 def all_cases(device: torch.device, quick: bool = False, ops=None):
@@ -110,7 +114,11 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick=False, 
     args, kwargs = case.make(device, dtype)
     row = dict(op=case.op, shape=case.shape, dtype=str(dtype).replace("torch.", ""), device=device.type,
                mode=case.mode, bytes=case.bytes(args, kwargs), flops=case.flops(args, kwargs) if case.flops else None)
-    row["eager_ms"] = time_ms(make_step(case.reference, args, kwargs, case.mode), device, quick)
+    row["eager_ms"] = None
+    if case.skip_eager:
+        row["eager_skipped"] = case.skip_eager
+    else:
+        row["eager_ms"] = time_ms(make_step(case.reference, args, kwargs, case.mode), device, quick)
     row["compile_ms"] = None
     if compile_reference:
         torch._dynamo.reset()
@@ -122,7 +130,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick=False, 
             warnings.simplefilter("ignore")
             row["backends"][name] = time_ms(make_step(case.fused, args, kwargs, case.mode), device, quick)
     if case.mode == "fwd+bwd":
-        row["saved_eager"] = saved_bytes(case.reference, args, kwargs)
+        row["saved_eager"] = None if case.skip_eager else saved_bytes(case.reference, args, kwargs)
         best = min(row["backends"], key=row["backends"].get) if row["backends"] else None
         if best:
             with dgmfast.use_backend(best):
@@ -136,14 +144,15 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick=False, 
             make_step(case.fused, args, kwargs, case.mode)()
         torch.cuda.synchronize()
         row["peak_dgmfast"] = torch.cuda.max_memory_allocated() - base
-        torch.cuda.reset_peak_memory_stats()
-        make_step(case.reference, args, kwargs, case.mode)()
-        torch.cuda.synchronize()
-        row["peak_eager"] = torch.cuda.max_memory_allocated() - base
+        if not case.skip_eager:
+            torch.cuda.reset_peak_memory_stats()
+            make_step(case.reference, args, kwargs, case.mode)()
+            torch.cuda.synchronize()
+            row["peak_eager"] = torch.cuda.max_memory_allocated() - base
     if row["backends"]:
         best_ms = min(row["backends"].values())
         row["best_backend"] = min(row["backends"], key=row["backends"].get)
-        row["speedup_vs_eager"] = row["eager_ms"] / best_ms
+        row["speedup_vs_eager"] = row["eager_ms"] / best_ms if row["eager_ms"] else None
         row["speedup_vs_compile"] = row["compile_ms"] / best_ms if row["compile_ms"] else None
         row["gbps"] = row["bytes"] / (best_ms * 1e-3) / 1e9
         row["gflops"] = row["flops"] / (best_ms * 1e-3) / 1e9 if row["flops"] else None

@@ -74,6 +74,10 @@ def markdown(head, rows):
                      + f" | {_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('speedup_vs_compile'), '.2f')} | "
                      f"{_fmt(r.get('gbps'), '.1f')} | {_fmt(frac, '.0f')} | {_mib(r.get('saved_eager'))} | "
                      f"{_mib(r.get('saved_dgmfast'))} |")
+    skipped = [r for r in rows if r.get("eager_skipped")]
+    if skipped:
+        lines += ["", "Eager reference not run:"]
+        lines += [f"- {r['op']} {r['shape']} {r['dtype']} {r['mode']}: {r['eager_skipped']}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 // kernel (no noise tensor), its inverse, Gaussian noise with its log-density, and the Flow++
 // sigmoid tail. Per-element math: csrc/include/dgmfast/dequant.h and philox.h.
 #include "loops.h"
+#include "random.h"
 
 #include <dgmfast/dequant.h>
 #include <dgmfast/philox.h>
@@ -257,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_sample_log_prob_cpu(const at::Tensor
       math_t acc = 0;
       for (int64_t st = lo; st < hi; st += kSub) {
         const int64_t m = std::min(kSub, hi - st);
-        philox_normal_fill(static_cast<uint64_t>(b * N + st), m, 0, s, z);
+        philox_normal_block(static_cast<uint64_t>(b * N + st), 0, s, m, z);
         for (int64_t j = 0; j < m; ++j) {
           const scalar_t e = static_cast<scalar_t>(z[j]);  // the log-density is of the returned eps
           ep[b * N + st + j] = e;

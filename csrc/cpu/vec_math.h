@@ -43,6 +43,10 @@ inline Vectorized<T> where_nonneg(const Vectorized<T>& x, const Vectorized<T>& a
   return Vectorized<T>::blendv(b, a, x >= Vectorized<T>(T(0)));
 }
 template <typename T>
+inline bool any_less(const Vectorized<T>& x, const Vectorized<T>& bound) {
+  return (x < bound).zero_mask() != (1 << Vectorized<T>::size()) - 1;
+}
+template <typename T>
 inline Vectorized<T> max(const Vectorized<T>& a, const Vectorized<T>& b) { return at::vec::maximum(a, b); }
 template <typename T>
 inline Vectorized<T> min(const Vectorized<T>& a, const Vectorized<T>& b) { return at::vec::minimum(a, b); }

@@ -6,9 +6,10 @@ from dgmfast.nn.actnorm import ActNorm
 from dgmfast.nn.coupling import AffineCoupling
 from dgmfast.nn.flow import FlowSequential, Split, Squeeze2d, ZeroConv2d
 from dgmfast.nn.invconv import InvConv1x1
+from dgmfast.nn.mixlogistic import MixLogisticCoupling
 from dgmfast.reference.dequant import gaussian_log_prob
 
-__all__ = ["GlowConditioner", "glow_step", "Glow"]
+__all__ = ["GlowConditioner", "glow_step", "Glow", "flowpp_step", "FlowPlusPlus"]
 
 
 class GlowConditioner(nn.Sequential):
@@ -27,6 +28,16 @@ def glow_step(channels, hidden=32, generator=None):
         ActNorm(channels), InvConv1x1(channels, lu=True, generator=generator),
         AffineCoupling(GlowConditioner(c_a, 2 * (channels - c_a), hidden), mask="channel", scale_map="sigmoid",
                        order="shift_scale"))
+
+
+def flowpp_step(channels, hidden=32, num_components=8, generator=None):
+    """One Flow++-style step on ``[B, channels, H, W]``: ActNorm -> InvConv1x1 (LU) -> mixture-of-logistics
+    coupling (channel halves, K components, ``scale_map="tanh"``)."""
+    c_a = channels // 2
+    return FlowSequential(
+        ActNorm(channels), InvConv1x1(channels, lu=True, generator=generator),
+        MixLogisticCoupling(GlowConditioner(c_a, (channels - c_a) * (3 * num_components + 2), hidden),
+                            num_components, mask="channel", scale_map="tanh"))
 
 
 class Glow(nn.Module):
@@ -63,13 +74,17 @@ class Glow(nn.Module):
         channels, size = in_channels, image_size
         for level in range(levels):
             channels, size = channels * 4, size // 2
-            self.levels.append(FlowSequential(Squeeze2d(), *[glow_step(channels, hidden, generator)
+            self.levels.append(FlowSequential(Squeeze2d(), *[self.make_step(channels, hidden, generator)
                                                              for _ in range(steps)]))
             if level < levels - 1:
                 self.splits.append(Split(channels, prior=split_prior))
                 self.latent_shapes.append((channels - channels // 2, size, size))
                 channels //= 2
         self.latent_shapes.append((channels, size, size))
+
+    def make_step(self, channels, hidden, generator):
+        """One step of flow of a level with `channels` channels (after its squeeze)."""
+        return glow_step(channels, hidden, generator)
 
     def encode(self, x):
         """(latents, logdet): the standard-normal latents of x (list, one per level) and log|det dz/dx| [B]
@@ -118,3 +133,19 @@ class Glow(nn.Module):
     def sample(self, n, temperature=1.0, generator=None):
         """n samples ``[n, in_channels, image_size, image_size]`` decoded from temperature-scaled latents."""
         return self.decode(self.sample_latents(n, temperature, generator))[0]
+
+
+class FlowPlusPlus(Glow):
+    """A Flow++-style multi-scale flow (Ho et al. 2019): Glow's multi-scale layout with
+    :func:`flowpp_step` steps (ActNorm, invertible 1x1 convolution, mixture-of-logistics coupling with
+    ``num_components`` components). Pair it with :class:`~dgmfast.nn.VariationalDequantization` for the full
+    Flow++ objective. Same interface as :class:`Glow` (``log_prob``, ``encode``, ``decode``, ``sample``).
+    """
+
+    def __init__(self, in_channels=1, image_size=8, levels=2, steps=2, hidden=32, num_components=8,
+                 split_prior="conditional", generator=None):
+        self.num_components = num_components
+        super().__init__(in_channels, image_size, levels, steps, hidden, split_prior, generator)
+
+    def make_step(self, channels, hidden, generator):
+        return flowpp_step(channels, hidden, self.num_components, generator)

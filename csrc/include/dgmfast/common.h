@@ -39,6 +39,10 @@ DGM_HOST_DEVICE DGM_INLINE double min(double a, double b) { return ::fmin(a, b);
 template <typename T>
 DGM_HOST_DEVICE DGM_INLINE T where_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
 
+// Whether x < bound (the CPU overload for vectors: in any lane).
+template <typename T>
+DGM_HOST_DEVICE DGM_INLINE bool any_less(T x, T bound) { return x < bound; }
+
 // softplus(x) = log(1 + exp(x)), stable for any |x|.
 template <typename T>
 DGM_HOST_DEVICE DGM_INLINE T softplus(T x) {

@@ -63,8 +63,8 @@ DGM_HOST_DEVICE DGM_INLINE float philox_normal(uint64_t index, uint32_t stream, 
   return radius * ((k & 1) ? ::sinf(angle) : ::cosf(angle));
 }
 
-// Host-side block fills: out[j] = uniform/normal(first + j) for j < n. Aligned groups of four elements
-// get their words from philox_words_block, a loop over counters the compiler vectorizes.
+// Host side: the words of counters g0 .. g0+G-1 into w0..w3[0..G) (a loop over counters the compiler
+// vectorizes; csrc/cpu/random.h builds the CPU noise fills on it).
 inline void philox_words_block(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, uint32_t* __restrict w0,
                                uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
   for (int64_t g = 0; g < G; ++g) {
@@ -78,49 +78,6 @@ inline void philox_words_block(uint64_t g0, int64_t G, uint32_t stream, uint64_t
     w2[g] = c2;
     w3[g] = c3;
   }
-}
-
-// Calls one(i) for unaligned head/tail elements and four(w0, w1, w2, w3, G, out) for runs of G aligned
-// groups whose words are w*[0..G).
-template <typename PerElement, typename PerGroups>
-inline void philox_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out,
-                        const PerElement& one, const PerGroups& four) {
-  constexpr int64_t kGroups = 64;
-  alignas(64) uint32_t w[4][kGroups];
-  int64_t j = 0;
-  for (; j < n && ((first + j) & 3) != 0; ++j) out[j] = one(first + j);
-  for (int64_t left = (n - j) / 4; left > 0;) {
-    const int64_t G = left < kGroups ? left : kGroups;
-    philox_words_block((first + j) >> 2, G, stream, seed, w[0], w[1], w[2], w[3]);
-    four(w, G, out + j);
-    j += 4 * G;
-    left -= G;
-  }
-  for (; j < n; ++j) out[j] = one(first + j);
-}
-
-inline void philox_uniform_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
-  philox_fill(
-      first, n, stream, seed, out, [&](uint64_t i) { return philox_uniform(i, stream, seed); },
-      [](const uint32_t (*w)[64], int64_t G, float* o) {
-        for (int64_t g = 0; g < G; ++g)
-          for (int k = 0; k < 4; ++k) o[4 * g + k] = uniform_from_bits(w[k][g]);
-      });
-}
-
-inline void philox_normal_fill(uint64_t first, int64_t n, uint32_t stream, uint64_t seed, float* out) {
-  philox_fill(
-      first, n, stream, seed, out, [&](uint64_t i) { return philox_normal(i, stream, seed); },
-      [](const uint32_t (*w)[64], int64_t G, float* o) {
-        for (int64_t g = 0; g < G; ++g) {
-          for (int k = 0; k < 2; ++k) {
-            float radius, angle;
-            box_muller(w[2 * k][g], w[2 * k + 1][g], &radius, &angle);
-            o[4 * g + 2 * k] = radius * ::cosf(angle);
-            o[4 * g + 2 * k + 1] = radius * ::sinf(angle);
-          }
-        }
-      });
 }
 
 }  // namespace dgm

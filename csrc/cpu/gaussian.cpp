@@ -1,0 +1,642 @@
+// Gaussian posterior (SPEC §7) and diagonal-Gaussian mixture log-density (SPEC §9), C++ CPU kernels.
+// Schemas of the family are declared here (the CPU file is always built); csrc/cuda/gaussian.cu
+// registers the CUDA implementation of reparameterize (the mixture runs on Triton on GPUs).
+//
+// Mixture layout: the parameters are copied once per call into K-contiguous tables
+// (mT, pT = exp(-lv): [D][Kp], Kp = K rounded up to the vector width, padding lanes with p = 0 and
+// weight -inf; rows Ks = Kp + one vector apart, so walks over d do not alias in the cache), so the kernels vectorize over components and never touch an [N, K, D] tensor.
+//   forward   parallel over tiles of kRows rows; per K tile of kKTile lanes the logits go to a
+//             [kRows, kKTile] buffer and update a running (max, sum) per row: an online logsumexp.
+//             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term).
+//   backward  recomputes the logits; responsibilities r = g * exp(logit - out) use the saved output.
+//             pass A, parallel over row tiles: g_z[n, d] = -sum_k r (z - m) p.
+//             pass B, parallel over blocks of components, each summing over n in order:
+//             g_m = sum_n r (z - m) p,  g_lv = 0.5 sum_n r ((z - m)^2 p - 1),  g_w = sum_n r.
+// Both passes own their outputs, so results are deterministic for any thread count. Extra memory:
+// the tables (O(K*D)), per-thread buffers (O(K)), and z as a contiguous math-dtype copy when it is
+// not one already (half inputs).
+// MSS pair weights (SPEC §10): pair (n, k) with o = (k - n - band_offset) mod K < len(band) takes
+// log weight band[o] instead of log_weights[k]; band pairs get no log_weights gradient.
+#include "loops.h"
+#include "random.h"
+
+#include <dgmfast/gaussian.h>
+#include <dgmfast/rows.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <limits>
+
+namespace dgm::cpu {
+namespace {
+
+// ---- reparameterize ---------------------------------------------------------------------------
+
+template <typename T>
+struct KlLogQ {  // the two per-row sums of reparameterize, for parallel_rows
+  T kl = 0, log_q = 0;
+  KlLogQ(T v = 0) : kl(v), log_q(v) {}
+  KlLogQ& operator+=(const KlLogQ& o) {
+    kl += o.kl;
+    log_q += o.log_q;
+    return *this;
+  }
+};
+
+// The noise of elements [lo, hi) of row b: the given eps (converted), or Philox counter b*D + i.
+template <typename scalar_t, typename math_t>
+void load_noise(const scalar_t* eps_row, uint64_t seed, int64_t b, int64_t D, int64_t lo, int64_t n, math_t* out) {
+  if (eps_row != nullptr) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<math_t>(eps_row[lo + i]);
+    return;
+  }
+  alignas(64) float noise[kNoiseBlock];
+  philox_normal_block(static_cast<uint64_t>(b * D + lo), 0, seed, n, noise);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<math_t>(noise[i]);
+}
+
+template <typename scalar_t>
+void reparameterize_fwd_impl(const at::Tensor& mu, const at::Tensor& lv, const at::Tensor* eps, uint64_t seed,
+                             at::Tensor& z, at::Tensor& kl, at::Tensor& log_q) {
+  using IO = VecIO<scalar_t>;
+  using math_t = typename IO::math_t;
+  using Vec = typename IO::Vec;
+  const int64_t B = mu.size(0), D = mu.size(1);
+  const scalar_t *mp = mu.const_data_ptr<scalar_t>(), *lp = lv.const_data_ptr<scalar_t>();
+  const scalar_t* ep = eps != nullptr ? eps->const_data_ptr<scalar_t>() : nullptr;
+  const int64_t ms = row_stride(mu), ls = row_stride(lv), es = eps != nullptr ? row_stride(*eps) : 0;
+  scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+  std::vector<KlLogQ<math_t>> sums(B);
+  parallel_rows<KlLogQ<math_t>>(B, D, sums.data(), [&](int64_t b, int64_t lo, int64_t hi) {
+    const scalar_t *mb = mp + b * ms, *lb = lp + b * ls, *eb = ep != nullptr ? ep + b * es : nullptr;
+    scalar_t* zb = zp + b * D;
+    alignas(64) math_t noise[kNoiseBlock];
+    Vec vkl(0), vlq(0);
+    KlLogQ<math_t> acc;
+    for (int64_t s = lo; s < hi; s += kNoiseBlock) {
+      const int64_t n = std::min(kNoiseBlock, hi - s);
+      load_noise(eb, seed, b, D, s, n, noise);
+      int64_t i = 0;
+      for (; i + IO::kSize <= n; i += IO::kSize) {
+        Vec klt, lqt;
+        IO::store(zb + s + i, reparameterize_fwd_elem(IO::load(mb + s + i), IO::load(lb + s + i),
+                                                      Vec::loadu(noise + i), &klt, &lqt));
+        vkl = vkl + klt;
+        vlq = vlq + lqt;
+      }
+      for (; i < n; ++i) {
+        math_t klt, lqt;
+        zb[s + i] = static_cast<scalar_t>(reparameterize_fwd_elem(
+            static_cast<math_t>(mb[s + i]), static_cast<math_t>(lb[s + i]), noise[i], &klt, &lqt));
+        acc.kl += klt;
+        acc.log_q += lqt;
+      }
+    }
+    const auto add = [](Vec a, Vec c) { return a + c; };
+    acc.kl += at::vec::vec_reduce_all<math_t>(add, vkl);
+    acc.log_q += at::vec::vec_reduce_all<math_t>(add, vlq);
+    return acc;
+  });
+  math_t *klp = kl.mutable_data_ptr<math_t>(), *lqp = log_q.mutable_data_ptr<math_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    klp[b] = sums[b].kl;
+    lqp[b] = sums[b].log_q;
+  }
+}
+
+template <typename scalar_t>
+void reparameterize_bwd_impl(const at::Tensor& mu, const at::Tensor& lv, const at::Tensor* eps, uint64_t seed,
+                             const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& glq, at::Tensor& gmu,
+                             at::Tensor& glv, at::Tensor* geps) {
+  using IO = VecIO<scalar_t>;
+  using math_t = typename IO::math_t;
+  using Vec = typename IO::Vec;
+  const int64_t B = mu.size(0), D = mu.size(1);
+  const scalar_t *mp = mu.const_data_ptr<scalar_t>(), *lp = lv.const_data_ptr<scalar_t>();
+  const scalar_t* ep = eps != nullptr ? eps->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* gzp = gz.const_data_ptr<scalar_t>();
+  const math_t *gklp = gkl.const_data_ptr<math_t>(), *glqp = glq.const_data_ptr<math_t>();
+  const int64_t ms = row_stride(mu), ls = row_stride(lv), es = eps != nullptr ? row_stride(*eps) : 0;
+  const int64_t gzs = row_stride(gz);
+  scalar_t *gmp = gmu.mutable_data_ptr<scalar_t>(), *glp = glv.mutable_data_ptr<scalar_t>();
+  scalar_t* gep = geps != nullptr ? geps->mutable_data_ptr<scalar_t>() : nullptr;
+  parallel_rows<math_t>(B, D, nullptr, [&](int64_t b, int64_t lo, int64_t hi) {
+    const scalar_t *mb = mp + b * ms, *lb = lp + b * ls, *gzb = gzp + b * gzs;
+    const scalar_t* eb = ep != nullptr ? ep + b * es : nullptr;
+    scalar_t *gmb = gmp + b * D, *glb = glp + b * D, *geb = gep != nullptr ? gep + b * D : nullptr;
+    const math_t g_kl = gklp[b], g_lq = glqp[b];
+    const Vec vgkl(g_kl), vglq(g_lq);
+    alignas(64) math_t noise[kNoiseBlock];
+    for (int64_t s = lo; s < hi; s += kNoiseBlock) {
+      const int64_t n = std::min(kNoiseBlock, hi - s);
+      load_noise(eb, seed, b, D, s, n, noise);
+      int64_t i = 0;
+      for (; i + IO::kSize <= n; i += IO::kSize) {
+        Vec g_mu, g_lv, g_eps;
+        reparameterize_bwd_elem(IO::load(mb + s + i), IO::load(lb + s + i), Vec::loadu(noise + i),
+                                IO::load(gzb + s + i), vgkl, vglq, &g_mu, &g_lv, &g_eps);
+        IO::store(gmb + s + i, g_mu);
+        IO::store(glb + s + i, g_lv);
+        if (geb != nullptr) IO::store(geb + s + i, g_eps);
+      }
+      for (; i < n; ++i) {
+        math_t g_mu, g_lv, g_eps;
+        reparameterize_bwd_elem(static_cast<math_t>(mb[s + i]), static_cast<math_t>(lb[s + i]), noise[i],
+                                static_cast<math_t>(gzb[s + i]), g_kl, g_lq, &g_mu, &g_lv, &g_eps);
+        gmb[s + i] = static_cast<scalar_t>(g_mu);
+        glb[s + i] = static_cast<scalar_t>(g_lv);
+        if (geb != nullptr) geb[s + i] = static_cast<scalar_t>(g_eps);
+      }
+    }
+    return math_t(0);
+  });
+}
+
+void check_posterior(const at::Tensor& mu, const at::Tensor& lv, const c10::optional<at::Tensor>& eps) {
+  TORCH_CHECK(mu.dim() == 2, "dgmfast: mu must be [B, D], got ", mu.sizes());
+  check_same_shape(mu, lv, "logvar");
+  if (eps.has_value()) check_same_shape(mu, *eps, "eps");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fwd_cpu(const at::Tensor& mu_in, const at::Tensor& lv_in,
+                                                                      const c10::optional<at::Tensor>& eps_in,
+                                                                      int64_t seed) {
+  check_posterior(mu_in, lv_in, eps_in);
+  const at::Tensor mu = row_contiguous(mu_in), lv = row_contiguous(lv_in);
+  const at::Tensor eps = eps_in.has_value() ? row_contiguous(*eps_in) : at::Tensor();
+  const auto acc = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor z = at::empty(mu.sizes(), mu.options());
+  at::Tensor kl = at::empty({mu.size(0)}, mu.options().dtype(acc));
+  at::Tensor log_q = at::empty({mu.size(0)}, mu.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_fwd_cpu", [&] {
+    reparameterize_fwd_impl<scalar_t>(mu, lv, eps.defined() ? &eps : nullptr, static_cast<uint64_t>(seed), z, kl,
+                                      log_q);
+  });
+  return {z, kl, log_q};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_bwd_cpu(
+    const at::Tensor& mu_in, const at::Tensor& lv_in, const c10::optional<at::Tensor>& eps_in, int64_t seed,
+    const at::Tensor& gz_in, const at::Tensor& gkl_in, const at::Tensor& glq_in) {
+  check_posterior(mu_in, lv_in, eps_in);
+  const at::Tensor mu = row_contiguous(mu_in), lv = row_contiguous(lv_in), gz = row_contiguous(gz_in);
+  const at::Tensor eps = eps_in.has_value() ? row_contiguous(*eps_in) : at::Tensor();
+  const at::Tensor gkl = gkl_in.contiguous(), glq = glq_in.contiguous();
+  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
+  at::Tensor geps = at::empty(eps.defined() ? mu.sizes() : at::IntArrayRef{0}, mu.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd_cpu", [&] {
+    reparameterize_bwd_impl<scalar_t>(mu, lv, eps.defined() ? &eps : nullptr, static_cast<uint64_t>(seed), gz, gkl,
+                                      glq, gmu, glv, eps.defined() ? &geps : nullptr);
+  });
+  return {gmu, glv, geps};
+}
+
+// ---- diagonal-Gaussian mixture -------------------------------------------------------------------
+
+constexpr int64_t kRows = 8;     // rows per register tile (forward, pass A)
+constexpr int64_t kKTile = 512;  // component lanes per online-logsumexp tile
+
+template <typename math_t>
+struct MixtureTables {
+  using Vec = at::vec::Vectorized<math_t>;
+  static constexpr int64_t kLanes = Vec::size();
+  int64_t K, D, Kp, Ks;         // components, dims, K padded to the vector width, row stride of the tables
+  std::vector<math_t> mT, pT;  // [D][Ks]: means, exp(-logvars); padding lanes 0
+  // per_dim=false: [Kp] w_k - 0.5*(D log 2pi + sum_d lv_kd); per_dim=true: [D][Ks] w_k - 0.5*(log 2pi + lv_kd);
+  // padding lanes -inf
+  std::vector<math_t> base;
+  std::vector<math_t> w, band;  // log_weights [K], band log weights [nb]
+  int64_t band_offset;
+
+  template <typename F>  // f(k, band[o] - w[k]) for the band pairs (n, k) of row n
+  void for_band(int64_t n, const F& f) const {
+    for (int64_t o = 0; o < static_cast<int64_t>(band.size()); ++o) {
+      const int64_t k = ((n + band_offset + o) % K + K) % K;
+      f(k, band[o] - w[k]);
+    }
+  }
+};
+
+template <typename scalar_t, typename math_t = opmath_t<scalar_t>>
+MixtureTables<math_t> make_tables(const at::Tensor& means, const at::Tensor& lvs, const at::Tensor& log_w,
+                                  const at::Tensor& band, int64_t band_offset, bool per_dim) {
+  MixtureTables<math_t> t;
+  const int64_t K = means.size(0), D = means.size(1), L = MixtureTables<math_t>::kLanes;
+  t.K = K;
+  t.D = D;
+  t.Kp = (K + L - 1) / L * L;
+  t.Ks = t.Kp + L;
+  t.band_offset = band_offset;
+  t.mT.assign(D * t.Ks, math_t(0));
+  t.pT.assign(D * t.Ks, math_t(0));
+  t.base.assign((per_dim ? D : 1) * t.Ks, -std::numeric_limits<math_t>::infinity());
+  t.w.resize(K);
+  const at::Tensor band_d = band.to(at::kDouble).contiguous();
+  for (int64_t o = 0; o < band_d.numel(); ++o) t.band.push_back(static_cast<math_t>(band_d.const_data_ptr<double>()[o]));
+  const scalar_t *mp = means.const_data_ptr<scalar_t>(), *lp = lvs.const_data_ptr<scalar_t>();
+  const scalar_t* wp = log_w.const_data_ptr<scalar_t>();
+  const int64_t m0 = means.stride(0), m1 = means.stride(1), l0 = lvs.stride(0), l1 = lvs.stride(1);
+  const int64_t ws = log_w.stride(0), Ks = t.Ks;
+  const math_t half_log2pi = static_cast<math_t>(0.5 * kLog2Pi);
+  at::parallel_for(0, K, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const math_t wk = static_cast<math_t>(wp[k * ws]);
+      t.w[k] = wk;
+      math_t lv_sum = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const math_t lv = static_cast<math_t>(lp[k * l0 + d * l1]);
+        t.mT[d * Ks + k] = static_cast<math_t>(mp[k * m0 + d * m1]);
+        t.pT[d * Ks + k] = std::exp(-lv);
+        if (per_dim) t.base[d * Ks + k] = wk - half_log2pi - math_t(0.5) * lv;
+        lv_sum += lv;
+      }
+      if (!per_dim) t.base[k] = wk - static_cast<math_t>(D) * half_log2pi - math_t(0.5) * lv_sum;
+    }
+  });
+  return t;
+}
+
+// Rows [n0, n0 + kRows) of z (math dtype, [N, D] contiguous), padded with zero rows past N.
+template <typename math_t>
+const math_t* row_tile(const math_t* z, int64_t N, int64_t D, int64_t n0, std::vector<math_t>& pad) {
+  if (n0 + kRows <= N) return z + n0 * D;
+  pad.assign(kRows * D, math_t(0));
+  std::copy(z + n0 * D, z + N * D, pad.begin());
+  return pad.data();
+}
+
+// lbuf[r][k - k0] = logit of (row r of the tile, component k) for k in [k0, k1): base + band delta - 0.5*quad.
+template <typename math_t>
+void logits_tile(const MixtureTables<math_t>& t, const math_t* zt, const math_t* delta, int64_t k0, int64_t k1,
+                 math_t* lbuf) {
+  using Vec = at::vec::Vectorized<math_t>;
+  const int64_t D = t.D, Kp = t.Kp;
+  for (int64_t kb = k0; kb < k1; kb += Vec::size()) {
+    Vec acc[kRows];
+    for (int64_t r = 0; r < kRows; ++r) acc[r] = Vec(0);
+    for (int64_t d = 0; d < D; ++d) {
+      const Vec m = Vec::loadu(t.mT.data() + d * t.Ks + kb), p = Vec::loadu(t.pT.data() + d * t.Ks + kb);
+      for (int64_t r = 0; r < kRows; ++r) acc[r] = gaussian_quad_acc(Vec(zt[r * D + d]), m, p, acc[r]);
+    }
+    const Vec c = Vec::loadu(t.base.data() + kb);
+    for (int64_t r = 0; r < kRows; ++r)
+      (c + Vec::loadu(delta + r * Kp + kb) - Vec(math_t(0.5)) * acc[r]).store(lbuf + r * kKTile + kb - k0);
+  }
+}
+
+template <typename math_t>
+math_t vec_max(const math_t* x, int64_t n) {  // n a multiple of the vector width
+  using Vec = at::vec::Vectorized<math_t>;
+  Vec m(-std::numeric_limits<math_t>::infinity());
+  for (int64_t i = 0; i < n; i += Vec::size()) m = at::vec::maximum(m, Vec::loadu(x + i));
+  return at::vec::vec_reduce_all<math_t>([](Vec a, Vec b) { return at::vec::maximum(a, b); }, m);
+}
+
+template <typename math_t>
+math_t hsum(const at::vec::Vectorized<math_t>& v) {
+  return at::vec::vec_reduce_all<math_t>([](auto a, auto b) { return a + b; }, v);
+}
+
+// Per-thread band deltas of a row tile: delta[r][k] = band[o] - w[k] on the band pairs, else 0.
+template <typename math_t>
+struct TileDelta {
+  std::vector<math_t> delta;
+  const MixtureTables<math_t>& t;
+  explicit TileDelta(const MixtureTables<math_t>& tables) : delta(kRows * tables.Kp, math_t(0)), t(tables) {}
+  void set(int64_t n0, int64_t rows, bool on) {
+    for (int64_t r = 0; r < rows; ++r)
+      t.for_band(n0 + r, [&](int64_t k, math_t dl) { delta[r * t.Kp + k] = on ? dl : math_t(0); });
+  }
+};
+
+// forward, per_dim=false: out[n] = logsumexp_k logit(n, k), online over K tiles.
+template <typename math_t>
+void mixture_fwd_joint(const MixtureTables<math_t>& t, const math_t* z, int64_t N, math_t* out) {
+  using Vec = at::vec::Vectorized<math_t>;
+  const math_t ninf = -std::numeric_limits<math_t>::infinity();
+  const int64_t tiles = (N + kRows - 1) / kRows;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<math_t> lbuf(kRows * kKTile), pad;
+    TileDelta<math_t> band(t);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t n0 = tile * kRows, rows = std::min(kRows, N - n0);
+      const math_t* zt = row_tile(z, N, t.D, n0, pad);
+      band.set(n0, rows, true);
+      math_t run_max[kRows], run_sum[kRows];
+      std::fill(run_max, run_max + kRows, ninf);
+      std::fill(run_sum, run_sum + kRows, math_t(0));
+      for (int64_t k0 = 0; k0 < t.Kp; k0 += kKTile) {
+        const int64_t k1 = std::min(t.Kp, k0 + kKTile);
+        logits_tile(t, zt, band.delta.data(), k0, k1, lbuf.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const math_t* lr = lbuf.data() + r * kKTile;
+          const math_t new_max = std::max(run_max[r], vec_max(lr, k1 - k0));
+          if (new_max == ninf) continue;
+          Vec s(0);
+          for (int64_t i = 0; i < k1 - k0; i += Vec::size()) s = s + (Vec::loadu(lr + i) - Vec(new_max)).exp();
+          run_sum[r] = run_sum[r] * std::exp(run_max[r] - new_max) + hsum(s);
+          run_max[r] = new_max;
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) out[n0 + r] = run_max[r] == ninf ? ninf : run_max[r] + std::log(run_sum[r]);
+      band.set(n0, rows, false);
+    }
+  });
+}
+
+// forward, per_dim=true: out[n, d] = logsumexp_k (base[d][k] + delta - 0.5 (z - m)^2 p): max pass, sum pass.
+template <typename math_t>
+void mixture_fwd_per_dim(const MixtureTables<math_t>& t, const math_t* z, int64_t N, math_t* out) {
+  using Vec = at::vec::Vectorized<math_t>;
+  const math_t ninf = -std::numeric_limits<math_t>::infinity();
+  const int64_t D = t.D, Kp = t.Kp;
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    TileDelta<math_t> band(t);
+    const math_t* delta = band.delta.data();
+    for (int64_t n = begin; n < end; ++n) {
+      band.set(n, 1, true);
+      for (int64_t d = 0; d < D; ++d) {
+        const Vec zv(z[n * D + d]);
+        const math_t *mT = t.mT.data() + d * t.Ks, *pT = t.pT.data() + d * t.Ks, *bs = t.base.data() + d * t.Ks;
+        const auto term = [&](int64_t kb) {
+          return Vec::loadu(bs + kb) + Vec::loadu(delta + kb) -
+                 Vec(math_t(0.5)) * gaussian_quad_acc(zv, Vec::loadu(mT + kb), Vec::loadu(pT + kb), Vec(0));
+        };
+        Vec vmax(ninf);
+        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) vmax = at::vec::maximum(vmax, term(kb));
+        const math_t mx = at::vec::vec_reduce_all<math_t>([](Vec a, Vec b) { return at::vec::maximum(a, b); }, vmax);
+        if (mx == ninf) {
+          out[n * D + d] = ninf;
+          continue;
+        }
+        Vec s(0);
+        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) s = s + (term(kb) - Vec(mx)).exp();
+        out[n * D + d] = mx + std::log(hsum(s));
+      }
+      band.set(n, 1, false);
+    }
+  });
+}
+
+// Responsibility scale of row n: (g, out) or (0, 0) where the row has no density (out = -inf).
+template <typename math_t>
+inline void row_grad(math_t g, math_t o, math_t* g_eff, math_t* o_eff) {
+  const bool dead = o == -std::numeric_limits<math_t>::infinity();
+  *g_eff = dead ? math_t(0) : g;
+  *o_eff = dead ? math_t(0) : o;
+}
+
+// backward pass A, per_dim=false: g_z[n, d] = -sum_k r_nk (z_nd - m_kd) p_kd.
+template <typename math_t>
+void mixture_bwd_z_joint(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
+                         int64_t N, math_t* gz) {
+  using Vec = at::vec::Vectorized<math_t>;
+  const int64_t D = t.D, Kp = t.Kp;
+  const int64_t tiles = (N + kRows - 1) / kRows;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<math_t> lbuf(kRows * kKTile), pad;
+    std::vector<Vec> gzv(kRows * D);
+    TileDelta<math_t> band(t);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t n0 = tile * kRows, rows = std::min(kRows, N - n0);
+      const math_t* zt = row_tile(z, N, D, n0, pad);
+      band.set(n0, rows, true);
+      math_t ge[kRows], oe[kRows];
+      for (int64_t r = 0; r < kRows; ++r) {
+        if (r < rows) row_grad(g[n0 + r], out[n0 + r], &ge[r], &oe[r]);
+        else ge[r] = oe[r] = math_t(0);
+      }
+      std::fill(gzv.begin(), gzv.end(), Vec(0));
+      for (int64_t k0 = 0; k0 < Kp; k0 += kKTile) {
+        const int64_t k1 = std::min(Kp, k0 + kKTile), width = k1 - k0;
+        logits_tile(t, zt, band.delta.data(), k0, k1, lbuf.data());
+        for (int64_t r = 0; r < kRows; ++r) {
+          math_t* lr = lbuf.data() + r * kKTile;
+          for (int64_t i = 0; i < width; i += Vec::size())
+            (Vec(ge[r]) * (Vec::loadu(lr + i) - Vec(oe[r])).exp()).store(lr + i);
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          Vec acc[kRows];
+          for (int64_t r = 0; r < kRows; ++r) acc[r] = Vec(0);
+          for (int64_t kb = k0; kb < k1; kb += Vec::size()) {
+            const Vec m = Vec::loadu(t.mT.data() + d * t.Ks + kb), p = Vec::loadu(t.pT.data() + d * t.Ks + kb);
+            for (int64_t r = 0; r < kRows; ++r)
+              acc[r] = acc[r] + Vec::loadu(lbuf.data() + r * kKTile + kb - k0) * (Vec(zt[r * D + d]) - m) * p;
+          }
+          for (int64_t r = 0; r < kRows; ++r) gzv[r * D + d] = gzv[r * D + d] + acc[r];
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < D; ++d) gz[(n0 + r) * D + d] = -hsum(gzv[r * D + d]);
+      band.set(n0, rows, false);
+    }
+  });
+}
+
+// backward pass A, per_dim=true: g_z[n, d] = -sum_k r_nkd (z_nd - m_kd) p_kd.
+template <typename math_t>
+void mixture_bwd_z_per_dim(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
+                           int64_t N, math_t* gz) {
+  using Vec = at::vec::Vectorized<math_t>;
+  const int64_t D = t.D, Kp = t.Kp;
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    TileDelta<math_t> band(t);
+    const math_t* delta = band.delta.data();
+    for (int64_t n = begin; n < end; ++n) {
+      band.set(n, 1, true);
+      for (int64_t d = 0; d < D; ++d) {
+        math_t ge, oe;
+        row_grad(g[n * D + d], out[n * D + d], &ge, &oe);
+        const Vec zv(z[n * D + d]);
+        const math_t *mT = t.mT.data() + d * t.Ks, *pT = t.pT.data() + d * t.Ks, *bs = t.base.data() + d * t.Ks;
+        Vec acc(0);
+        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) {
+          const Vec diff = zv - Vec::loadu(mT + kb), p = Vec::loadu(pT + kb);
+          const Vec v = Vec::loadu(bs + kb) + Vec::loadu(delta + kb) - Vec(math_t(0.5)) * diff * diff * p;
+          acc = acc + Vec(ge) * (v - Vec(oe)).exp() * diff * p;
+        }
+        gz[n * D + d] = -hsum(acc);
+      }
+      band.set(n, 1, false);
+    }
+  });
+}
+
+// Band deltas and log_weights mask of rows [n0, n0 + rows) for the components [kb, kb + L).
+template <typename math_t, int64_t L>
+void block_band(const MixtureTables<math_t>& t, int64_t n0, int64_t rows, int64_t kb, math_t (*delta)[L],
+                math_t (*keep)[L]) {
+  for (int64_t i = 0; i < kRows; ++i) {
+    std::fill(delta[i], delta[i] + L, math_t(0));
+    std::fill(keep[i], keep[i] + L, math_t(1));
+    if (i < rows) t.for_band(n0 + i, [&](int64_t k, math_t dl) {
+      if (k >= kb && k < kb + L) {
+        delta[i][k - kb] = dl;
+        keep[i][k - kb] = math_t(0);
+      }
+    });
+  }
+}
+
+// backward pass B: parameter gradients of one block of L components, summed over n in order (tiles of
+// kRows rows: independent chains). p = exp(-lv) is constant over n, so the sums are taken without it:
+//   g_m = p * sum_n r diff,   g_lv = 0.5 * (p * sum_n r diff^2 - sum_n r),   g_w = sum_n r (non-band pairs).
+template <typename math_t, bool PER_DIM, bool HAS_BAND>
+void mixture_bwd_params(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
+                        int64_t N, math_t* gm, math_t* glv, math_t* gw) {
+  using Vec = at::vec::Vectorized<math_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t D = t.D, Ks = t.Ks, K = t.K;
+  const Vec half(math_t(0.5));
+  at::parallel_for(0, t.Kp / L, 1, [&](int64_t begin, int64_t end) {
+    // per d: sum r diff, sum r diff^2, and (per_dim) sum r
+    std::vector<Vec> acc_rd(D), acc_rd2(D), acc_r(PER_DIM ? D : 1);
+    std::vector<math_t> pad;
+    alignas(64) math_t delta[kRows][L], keep[kRows][L], tmp[L], tmp_p[L];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t kb = blk * L;
+      const math_t *mT = t.mT.data() + kb, *pT = t.pT.data() + kb;
+      std::fill(acc_rd.begin(), acc_rd.end(), Vec(0));
+      std::fill(acc_rd2.begin(), acc_rd2.end(), Vec(0));
+      std::fill(acc_r.begin(), acc_r.end(), Vec(0));
+      Vec acc_w(0);
+      for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+        const int64_t rows = std::min(kRows, N - n0);
+        const math_t* zt = row_tile(z, N, D, n0, pad);
+        if constexpr (HAS_BAND) block_band<math_t, L>(t, n0, rows, kb, delta, keep);
+        Vec r[kRows];
+        if constexpr (!PER_DIM) {
+          Vec q[kRows];
+          for (int64_t i = 0; i < kRows; ++i) q[i] = Vec(0);
+          for (int64_t d = 0; d < D; ++d) {
+            const Vec m = Vec::loadu(mT + d * Ks), p = Vec::loadu(pT + d * Ks);
+            for (int64_t i = 0; i < kRows; ++i) q[i] = gaussian_quad_acc(Vec(zt[i * D + d]), m, p, q[i]);
+          }
+          const Vec base = Vec::loadu(t.base.data() + kb);
+          for (int64_t i = 0; i < kRows; ++i) {
+            math_t ge = 0, oe = 0;
+            if (i < rows) row_grad(g[n0 + i], out[n0 + i], &ge, &oe);
+            Vec logit = base - half * q[i];
+            if constexpr (HAS_BAND) logit = logit + Vec::loadu(delta[i]);
+            r[i] = Vec(ge) * (logit - Vec(oe)).exp();
+            acc_r[0] = acc_r[0] + r[i];
+            acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec m = Vec::loadu(mT + d * Ks);
+          Vec a1 = acc_rd[d], a2 = acc_rd2[d];
+          for (int64_t i = 0; i < kRows; ++i) {
+            const Vec diff = Vec(zt[i * D + d]) - m;
+            if constexpr (PER_DIM) {
+              math_t ge = 0, oe = 0;
+              if (i < rows) row_grad(g[(n0 + i) * D + d], out[(n0 + i) * D + d], &ge, &oe);
+              Vec v = Vec::loadu(t.base.data() + d * Ks + kb) - half * diff * diff * Vec::loadu(pT + d * Ks);
+              if constexpr (HAS_BAND) v = v + Vec::loadu(delta[i]);
+              r[i] = Vec(ge) * (v - Vec(oe)).exp();
+              acc_r[d] = acc_r[d] + r[i];
+              acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
+            }
+            const Vec rd = r[i] * diff;
+            a1 = a1 + rd;
+            a2 = a2 + rd * diff;
+          }
+          acc_rd[d] = a1;
+          acc_rd2[d] = a2;
+        }
+      }
+      const int64_t lanes = std::min(L, K - kb);
+      for (int64_t d = 0; d < D; ++d) {
+        const Vec p = Vec::loadu(pT + d * Ks);
+        (p * acc_rd[d]).store(tmp);
+        for (int64_t j = 0; j < lanes; ++j) gm[(kb + j) * D + d] = tmp[j];
+        (half * (p * acc_rd2[d] - acc_r[PER_DIM ? d : 0])).store(tmp_p);
+        for (int64_t j = 0; j < lanes; ++j) glv[(kb + j) * D + d] = tmp_p[j];
+      }
+      acc_w.store(tmp);
+      for (int64_t j = 0; j < lanes; ++j) gw[kb + j] = tmp[j];
+    }
+  });
+}
+
+void check_mixture(const at::Tensor& z, const at::Tensor& means, const at::Tensor& lvs, const at::Tensor& log_w,
+                   const at::Tensor& band) {
+  TORCH_CHECK(z.dim() == 2 && means.dim() == 2, "dgmfast: z and means must be 2-D, got ", z.sizes(), " and ",
+              means.sizes());
+  TORCH_CHECK(means.size(1) == z.size(1), "dgmfast: means must have D = ", z.size(1), ", got ", means.sizes());
+  check_same_shape(means, lvs, "logvars");
+  TORCH_CHECK(log_w.dim() == 1 && log_w.size(0) == means.size(0), "dgmfast: log_weights must be [", means.size(0),
+              "], got ", log_w.sizes());
+  TORCH_CHECK(means.scalar_type() == z.scalar_type() && log_w.scalar_type() == z.scalar_type(),
+              "dgmfast: z, means, logvars and log_weights must share one dtype");
+  TORCH_CHECK(band.dim() == 1 && band.size(0) <= means.size(0), "dgmfast: band must be 1-D with at most K entries");
+  TORCH_CHECK(means.size(0) > 0, "dgmfast: the mixture needs at least one component");
+}
+
+at::ScalarType math_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor gaussian_mixture_fwd_cpu(const at::Tensor& z_in, const at::Tensor& means, const at::Tensor& lvs,
+                                    const at::Tensor& log_w, const at::Tensor& band, int64_t band_offset,
+                                    bool per_dim) {
+  check_mixture(z_in, means, lvs, log_w, band);
+  const int64_t N = z_in.size(0), D = z_in.size(1);
+  const at::Tensor z = z_in.to(math_dtype(z_in)).contiguous();
+  at::Tensor out = per_dim ? at::empty({N, D}, z.options()) : at::empty({N}, z.options());
+  if (N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_in.scalar_type(), "gaussian_mixture_fwd_cpu", [&] {
+    using math_t = opmath_t<scalar_t>;
+    const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, per_dim);
+    if (per_dim) mixture_fwd_per_dim(t, z.const_data_ptr<math_t>(), N, out.mutable_data_ptr<math_t>());
+    else mixture_fwd_joint(t, z.const_data_ptr<math_t>(), N, out.mutable_data_ptr<math_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_mixture_bwd_cpu(
+    const at::Tensor& z_in, const at::Tensor& means, const at::Tensor& lvs, const at::Tensor& log_w,
+    const at::Tensor& band, int64_t band_offset, bool per_dim, const at::Tensor& out_in, const at::Tensor& g_in) {
+  check_mixture(z_in, means, lvs, log_w, band);
+  const int64_t N = z_in.size(0), D = z_in.size(1), K = means.size(0);
+  const auto mt = math_dtype(z_in);
+  const at::Tensor z = z_in.to(mt).contiguous(), out = out_in.to(mt).contiguous(), g = g_in.to(mt).contiguous();
+  at::Tensor gz = at::empty({N, D}, z.options()), gm = at::empty({K, D}, z.options());
+  at::Tensor glv = at::empty({K, D}, z.options()), gw = at::empty({K}, z.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_in.scalar_type(), "gaussian_mixture_bwd_cpu", [&] {
+    using math_t = opmath_t<scalar_t>;
+    const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, per_dim);
+    const math_t *zp = z.const_data_ptr<math_t>(), *op = out.const_data_ptr<math_t>(), *gp = g.const_data_ptr<math_t>();
+    if (per_dim) mixture_bwd_z_per_dim(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
+    else mixture_bwd_z_joint(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
+    math_t *gmp = gm.mutable_data_ptr<math_t>(), *glvp = glv.mutable_data_ptr<math_t>();
+    math_t* gwp = gw.mutable_data_ptr<math_t>();
+    const bool band_on = band.numel() > 0;
+    if (per_dim && band_on) mixture_bwd_params<math_t, true, true>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else if (per_dim) mixture_bwd_params<math_t, true, false>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else if (band_on) mixture_bwd_params<math_t, false, true>(t, zp, op, gp, N, gmp, glvp, gwp);
+    else mixture_bwd_params<math_t, false, false>(t, zp, op, gp, N, gmp, glvp, gwp);
+  });
+  const auto st = z_in.scalar_type();
+  return {gz.to(st), gm.to(st), glv.to(st), gw.to(st)};
+}
+
+}  // namespace
+}  // namespace dgm::cpu
+
+TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
+  m.def("reparameterize_fwd(Tensor mu, Tensor logvar, Tensor? eps, int seed) -> (Tensor, Tensor, Tensor)");
+  m.def("reparameterize_bwd(Tensor mu, Tensor logvar, Tensor? eps, int seed, Tensor grad_z, Tensor grad_kl, "
+        "Tensor grad_log_q) -> (Tensor, Tensor, Tensor)");
+  m.def("gaussian_mixture_fwd(Tensor z, Tensor means, Tensor logvars, Tensor log_weights, Tensor band, "
+        "int band_offset, bool per_dim) -> Tensor");
+  m.def("gaussian_mixture_bwd(Tensor z, Tensor means, Tensor logvars, Tensor log_weights, Tensor band, "
+        "int band_offset, bool per_dim, Tensor out, Tensor grad_out) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
+  m.impl("reparameterize_fwd", &dgm::cpu::reparameterize_fwd_cpu);
+  m.impl("reparameterize_bwd", &dgm::cpu::reparameterize_bwd_cpu);
+  m.impl("gaussian_mixture_fwd", &dgm::cpu::gaussian_mixture_fwd_cpu);
+  m.impl("gaussian_mixture_bwd", &dgm::cpu::gaussian_mixture_bwd_cpu);
+}
