@@ -286,3 +286,17 @@ def test_module_state_dict_round_trip():
     assert c.initialized
     with pytest.raises(ValueError, match=r"x must be \[B, 3, \.\.\.\]"):
         c(torch.randn(2, 4, 3))
+
+
+def test_module_half_input_with_float32_parameters():
+    torch.manual_seed(2)
+    layer = dgmfast.nn.ActNorm(4)
+    x = torch.randn(8, 4, 3, 3)
+    layer(x)  # float32 init
+    xb = x.to(torch.bfloat16)
+    y, ld = layer(xb)
+    assert y.dtype == torch.bfloat16 and ld.dtype == torch.float32
+    (y.float().sum() + ld.sum()).backward()
+    assert layer.loc.grad.dtype == torch.float32 and torch.isfinite(layer.log_scale.grad).all()
+    y32, _ = layer(xb.float())
+    assert (y.float() - y32).abs().max() <= 2**-7 * y32.abs().max()

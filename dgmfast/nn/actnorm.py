@@ -15,7 +15,7 @@ class ActNorm(nn.Module):
     batch's output has zero mean and unit variance per channel. A channel with zero variance (or
     non-finite values) in that batch raises ValueError naming the channel. The ``initialized`` buffer
     records it, so a loaded state_dict is not re-initialized; before initialization (eval mode or
-    reverse) the layer is the identity.
+    reverse) the layer is the identity. The parameters are cast to x's dtype for the op.
 
     Example::
 
@@ -66,4 +66,5 @@ class ActNorm(nn.Module):
             self._sync_initialized()
             if not self._initialized:
                 self.initialize(x)
-        return F.actnorm(x, self.loc, self.log_scale, reverse=reverse)
+        # parameters follow x's dtype (a no-op unless x is, e.g., bfloat16 under autocast)
+        return F.actnorm(x, self.loc.to(x.dtype), self.log_scale.to(x.dtype), reverse=reverse)

@@ -1,11 +1,12 @@
-"""Flow containers and shape layers: FlowSequential, Squeeze2d, Split (multi-scale factor-out) and
-the channel / checkerboard split helpers. Every flow layer has ``forward(x, reverse=False) -> (y, logdet)``
-with logdet ``[B]`` = log|det dy/dx| (SPEC §0)."""
+"""Flow containers and shape layers: FlowSequential, Squeeze2d, Split (multi-scale factor-out), and the
+coupling layers' channel / checkerboard split helpers (re-exported from dgmfast.nn.masked). Every flow
+layer has ``forward(x, reverse=False) -> (y, logdet)`` with logdet ``[B]`` = log|det dy/dx| (SPEC §0)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgmfast.nn.coupling import AffineCoupling, checkerboard_mask
+from dgmfast.nn.coupling import AffineCoupling
+from dgmfast.nn.masked import channel_merge, channel_split, checkerboard_mask  # noqa: F401  (re-exported)
 from dgmfast.reference.common import acc_dtype
 
 __all__ = ["FlowSequential", "Squeeze2d", "Split", "channel_split", "channel_merge", "checkerboard_mask"]
@@ -14,21 +15,6 @@ __all__ = ["FlowSequential", "Squeeze2d", "Split", "channel_split", "channel_mer
 def zero_logdet(x):
     """A [B] zero log-det in x's accumulation dtype (float32, float64 for float64 x)."""
     return x.new_zeros(x.shape[0], dtype=acc_dtype(x.dtype))
-
-
-def channel_split(x, parity=0):
-    """(x_a, x_b) along dim 1 as ``AffineCoupling(mask="channel", parity=parity)`` splits it: parity 0
-    gives x_a the first C//2 channels, parity 1 the last C - C//2; x_b is the rest."""
-    c = x.shape[1]
-    if parity == 0:
-        return x[:, :c // 2], x[:, c // 2:]
-    c_a = c - c // 2
-    return x[:, c - c_a:], x[:, :c - c_a]
-
-
-def channel_merge(x_a, x_b, parity=0):
-    """Inverse of :func:`channel_split`."""
-    return torch.cat([x_a, x_b] if parity == 0 else [x_b, x_a], 1)
 
 
 class FlowSequential(nn.Sequential):

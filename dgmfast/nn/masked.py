@@ -39,10 +39,9 @@ class MaskedCoupling(nn.Module):
         if x.dim() < 2:
             raise ValueError(f"x must be [B, C, ...] or [B, D], got shape {tuple(x.shape)}")
         if self.mask == "channel":
-            c_a = x.shape[1] // 2 if self.parity == 0 else x.shape[1] - x.shape[1] // 2
-            x_a, x_b = (x[:, :c_a], x[:, c_a:]) if self.parity == 0 else (x[:, -c_a:], x[:, :-c_a])
+            x_a, x_b = channel_split(x, self.parity)
             y_b, logdet = self._coupling(x_b, self._condition(x_a, context), reverse)
-            return (torch.cat([x_a, y_b], 1) if self.parity == 0 else torch.cat([y_b, x_a], 1)), logdet
+            return channel_merge(x_a, y_b, self.parity), logdet
         keep = checkerboard_mask(x.shape, self.parity, x.device)
         idx = (~keep).flatten().nonzero().squeeze(1)
         h = self._condition(x * keep.to(x.dtype), context)
@@ -50,6 +49,18 @@ class MaskedCoupling(nn.Module):
         x_flat, h_flat = x.flatten(inner), h.flatten(inner)
         y_b, logdet = self._coupling(x_flat.index_select(-1, idx), h_flat.index_select(-1, idx), reverse)
         return x_flat.index_copy(-1, idx, y_b).view_as(x), logdet
+
+
+def channel_split(x, parity=0):
+    """(x_a, x_b) of the channel mask along dim 1: parity 0 gives x_a the first C//2 channels, parity 1 the
+    last C - C//2; x_b is the rest."""
+    c = x.shape[1]
+    return (x[:, :c // 2], x[:, c // 2:]) if parity == 0 else (x[:, c // 2:], x[:, :c // 2])
+
+
+def channel_merge(x_a, x_b, parity=0):
+    """Inverse of :func:`channel_split`."""
+    return torch.cat([x_a, x_b] if parity == 0 else [x_b, x_a], 1)
 
 
 def checkerboard_mask(shape, parity, device):

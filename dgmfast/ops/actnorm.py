@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import is_plane_contiguous, logdet_like
+from dgmfast.ops.common import is_plane_contiguous, logdet_like, triton_acc
 from dgmfast.reference.common import acc_dtype
 
 register_op("actnorm")  # every backend takes float16/bfloat16/float32/float64
@@ -39,7 +39,6 @@ def _logdet(x, log_scale, reverse):
 
 def _fwd_triton(x, loc, log_scale, reverse):
     from dgmfast.kernels.actnorm import _actnorm_fwd_kernel
-    from dgmfast.ops.common import triton_acc
 
     x = _plane_contiguous(x)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
@@ -55,7 +54,6 @@ def _fwd_triton(x, loc, log_scale, reverse):
 
 def _bwd_triton(x, loc, log_scale, gy, gld, reverse):
     from dgmfast.kernels.actnorm import _actnorm_bwd_kernel
-    from dgmfast.ops.common import triton_acc
 
     x, gy = _plane_contiguous(x), _plane_contiguous(gy)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
