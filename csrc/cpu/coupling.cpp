@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_cpu(const at::Tensor& x_i
   check_same_shape(x_in, t_in, "shift");
   const at::Tensor x = row_contiguous(x_in), r = row_contiguous(r_in), t = row_contiguous(t_in);
   at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto ld_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto ld_dtype = acc_scalar_type(x.scalar_type());
   at::Tensor logdet = at::empty({x.dim() == 0 ? 1 : x.size(0)}, x.options().dtype(ld_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_fwd_cpu", [&] {
     const bool known = dispatch_scale_map(scale_map, eps, [&](auto map) {

@@ -195,7 +195,7 @@ void sigmoid_tail_bwd_impl(const at::Tensor& x, const at::Tensor& v, const at::T
   });
 }
 
-at::ScalarType logdet_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType logdet_dtype(at::ScalarType t) { return acc_scalar_type(t); }
 
 std::tuple<at::Tensor, at::Tensor> uniform_dequantize_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed,
                                                               int64_t n_bits, int64_t in_bits, int64_t mode,

@@ -124,7 +124,7 @@ void check_inputs(const at::Tensor& mu, const std::optional<at::Tensor>& logvar)
   if (logvar.has_value()) check_same_shape(mu, *logvar, "logvar");
 }
 
-at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType acc_type(const at::Tensor& t) { return acc_scalar_type(t.scalar_type()); }
 
 // Shared by the moments op and the penalty forward: offset = s1/N, m2 = s2 - s1 s1^T/N (padded [Dp, Dp]).
 template <typename scalar_t>

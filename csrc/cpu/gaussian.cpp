@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fwd_cpu(const at::
   check_posterior(mu_in, lv_in, eps_in);
   const at::Tensor mu = row_contiguous(mu_in), lv = row_contiguous(lv_in);
   const at::Tensor eps = eps_in.has_value() ? row_contiguous(*eps_in) : at::Tensor();
-  const auto acc = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_scalar_type(mu.scalar_type());
   at::Tensor z = at::empty(mu.sizes(), mu.options());
   at::Tensor kl = at::empty({mu.size(0)}, mu.options().dtype(acc));
   at::Tensor log_q = at::empty({mu.size(0)}, mu.options().dtype(acc));
@@ -575,7 +575,7 @@ void check_mixture(const at::Tensor& z, const at::Tensor& means, const at::Tenso
   TORCH_CHECK(means.size(0) > 0, "dgmfast: the mixture needs at least one component");
 }
 
-at::ScalarType math_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType math_dtype(const at::Tensor& t) { return acc_scalar_type(t.scalar_type()); }
 
 at::Tensor gaussian_mixture_fwd_cpu(const at::Tensor& z_in, const at::Tensor& means, const at::Tensor& lvs,
                                     const at::Tensor& log_w, const at::Tensor& band, int64_t band_offset,

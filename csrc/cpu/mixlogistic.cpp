@@ -197,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> mixlogistic_coupling_fwd_cpu(const at::Tensor
                                                                  bool shift_scale, bool reverse) {
   const MixInputs in = prepare_mix_inputs(x, logits, means, log_scales, log_scale, shift, nullptr);
   at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto ld_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto ld_dtype = acc_scalar_type(x.scalar_type());
   at::Tensor logdet = at::empty({x.size(0)}, x.options().dtype(ld_dtype));
   dispatch_mix(x, scale_map, [&](auto tag, auto map) {
     fwd_impl<typename decltype(tag)::type, decltype(map)::value>(in, y, logdet, clamp, min_log_scale, shift_scale, reverse);

@@ -94,7 +94,7 @@ void iaf_bwd_impl(const at::Tensor& z, const at::Tensor& m, const at::Tensor& r,
   });
 }
 
-at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType acc_type(const at::Tensor& t) { return acc_scalar_type(t.scalar_type()); }
 
 std::tuple<at::Tensor, at::Tensor> iaf_step_fwd_cpu(const at::Tensor& z_in, const at::Tensor& m_in,
                                                     const at::Tensor& r_in, double bias, bool reverse) {

@@ -125,7 +125,7 @@ __global__ void actnorm_channel_grads_kernel(const opmath_t<scalar_t>* __restric
 }
 
 at::ScalarType actnorm_acc_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return acc_scalar_type(x.scalar_type());
 }
 
 // The [B] log-det, the same for every sample.

@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_cuda(const at::Tensor& x_
   const at::Tensor x = row_contiguous(x_in), r = row_contiguous(r_in), t = row_contiguous(t_in);
   const int64_t B = x.dim() == 0 ? 1 : x.size(0), N = row_numel(x);
   at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto ld_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto ld_dtype = acc_scalar_type(x.scalar_type());
   const RowChunks rc = row_chunks(B, N);
   at::Tensor partial = at::empty({B, rc.chunks}, x.options().dtype(ld_dtype));
   if (B > 0) {

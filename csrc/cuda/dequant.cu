@@ -25,7 +25,7 @@ double dequant_row_constant(int64_t D, int64_t mode, double alpha, int64_t n_bit
   return D * ((mode == kModeLogit ? std::log1p(-2.0 * alpha) : 0.0) - n_bits * std::log(2.0));
 }
 
-at::ScalarType logdet_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType logdet_dtype(at::ScalarType t) { return acc_scalar_type(t); }
 
 template <typename int_t, typename out_t, int MODE>
 __global__ void uniform_dequantize_kernel(const int_t* __restrict__ x,  // integer input, row stride xs

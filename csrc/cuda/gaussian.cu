@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fwd_cuda(const at:
   const at::Tensor mu = row_contiguous(mu_in), lv = row_contiguous(lv_in);
   const at::Tensor eps = eps_in.has_value() ? row_contiguous(*eps_in) : at::Tensor();
   const int64_t B = mu.size(0), D = mu.size(1);
-  const auto acc = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_scalar_type(mu.scalar_type());
   at::Tensor z = at::empty(mu.sizes(), mu.options());
   const RowChunks rc = row_chunks(B, D);
   at::Tensor kl_part = at::empty({B, rc.chunks}, mu.options().dtype(acc));

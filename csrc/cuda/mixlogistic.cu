@@ -135,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> mixlogistic_coupling_fwd_cuda(
   const MixInputs in = prepare_mix_inputs(x, logits, means, log_scales, log_scale, shift, nullptr);
   const int64_t B = in.sz.B, N = in.sz.N, chunks = N == 0 ? 1 : (N + kThreads - 1) / kThreads;
   at::Tensor y = at::empty(x.sizes(), x.options());
-  const auto ld_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto ld_dtype = acc_scalar_type(x.scalar_type());
   at::Tensor partial = at::zeros({B, chunks}, x.options().dtype(ld_dtype));
   if (B > 0 && N > 0) {
     dispatch_mix(x, scale_map, [&](auto tag, auto map) {

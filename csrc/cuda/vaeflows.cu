@@ -79,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> iaf_step_fwd_cuda(const at::Tensor& z_in, con
   const at::Tensor z = row_contiguous(z_in), m = row_contiguous(m_in), r = row_contiguous(r_in);
   const int64_t B = z.dim() == 0 ? 1 : z.size(0), N = row_numel(z);
   at::Tensor out = at::empty(z.sizes(), z.options());
-  const auto ld_dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto ld_dtype = acc_scalar_type(z.scalar_type());
   const RowChunks rc = row_chunks(B, N);
   at::Tensor partial = at::empty({B, rc.chunks}, z.options().dtype(ld_dtype));
   if (B > 0) {

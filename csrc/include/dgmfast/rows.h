@@ -8,6 +8,9 @@
 
 namespace dgm {
 
+// Accumulation / log-det dtype of SPEC §0: float64 for float64 inputs, float32 otherwise.
+inline at::ScalarType acc_scalar_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
 inline bool is_row_contiguous(const at::Tensor& t) {
   int64_t expected = 1;
   for (int64_t d = t.dim() - 1; d >= 1; --d) {
