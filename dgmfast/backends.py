@@ -100,12 +100,25 @@ def register_op(op: str, op_refusals=None):
     OPS[op] = op_refusals
 
 
+_choices = {}  # (op, device, dtype, forced backend, TRITON_INTERPRET) -> backend auto-selection chose
+
+
 @torch._dynamo.assume_constant_result
 def select_backend(op: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The backend that runs `op` on `device` for inputs of `dtype`.
 
-    Under torch.compile the choice is made once, while tracing, and baked into the graph.
+    Under torch.compile the choice is made once, while tracing, and baked into the graph. In eager
+    mode a choice is remembered per (op, device, dtype, forced backend, TRITON_INTERPRET): the
+    registry and the extension do not change while a process runs.
     """
+    key = (op, device, dtype, forced_backend(), triton_interpret())
+    name = _choices.get(key)
+    if name is None:
+        name = _choices[key] = _select_backend(op, device, dtype, key[3])
+    return name
+
+
+def _select_backend(op, device, dtype, forced):
     op_refusals = OPS[op]
 
     def refusals(name):
@@ -114,7 +127,6 @@ def select_backend(op: str, device: torch.device, dtype: torch.dtype = torch.flo
             reasons = list(op_refusals(name, device, dtype))
         return reasons
 
-    forced = forced_backend()
     if forced is not None:
         reasons = refusals(forced)
         if reasons:

@@ -33,11 +33,18 @@ namespace dgm::cpu {
 namespace {
 
 // ---- reparameterize ---------------------------------------------------------------------------
+//
+// The kernels walk blocks of at most kNoiseBlock elements: a segment of one row when rows are at least
+// kNoiseBlock long (rows chunked by parallel_rows), otherwise a tile of whole rows whose noise is one
+// Philox range (the counters b*D + d of consecutive rows are consecutive). A block's inputs are
+// gathered into flat math-dtype buffers, so the math runs on full vectors even for D = 10, and its
+// outputs, [B, D] contiguous, are flat too. Every row's sums are formed by one task in a fixed order.
 
 template <typename T>
-struct KlLogQ {  // the two per-row sums of reparameterize, for parallel_rows
+struct KlLogQ {  // the two per-row sums of reparameterize
   T kl = 0, log_q = 0;
   KlLogQ(T v = 0) : kl(v), log_q(v) {}
+  KlLogQ(T k, T q) : kl(k), log_q(q) {}
   KlLogQ& operator+=(const KlLogQ& o) {
     kl += o.kl;
     log_q += o.log_q;
@@ -45,16 +52,62 @@ struct KlLogQ {  // the two per-row sums of reparameterize, for parallel_rows
   }
 };
 
-// The noise of elements [lo, hi) of row b: the given eps (converted), or Philox counter b*D + i.
+// Elements [lo, lo + n) of rows [b0, b1) of p (row stride `stride`), row after row into out.
 template <typename scalar_t, typename math_t>
-void load_noise(const scalar_t* eps_row, uint64_t seed, int64_t b, int64_t D, int64_t lo, int64_t n, math_t* out) {
-  if (eps_row != nullptr) {
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<math_t>(eps_row[lo + i]);
+void gather_block(const scalar_t* p, int64_t stride, int64_t b0, int64_t b1, int64_t lo, int64_t n, math_t* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const scalar_t* src = p + b * stride + lo;
+    math_t* dst = out + (b - b0) * n;
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<math_t>(src[i]);
+  }
+}
+
+// The noise of a block: the given eps, or Philox counters b*D + lo + i (consecutive over the block).
+template <typename scalar_t, typename math_t>
+void load_noise(const scalar_t* ep, int64_t es, uint64_t seed, int64_t D, int64_t b0, int64_t b1, int64_t lo,
+                int64_t n, math_t* out) {
+  if (ep != nullptr) return gather_block(ep, es, b0, b1, lo, n, out);
+  const int64_t total = (b1 - b0) * n;
+  if constexpr (std::is_same_v<math_t, float>) {
+    philox_normal_block(static_cast<uint64_t>(b0 * D + lo), 0, seed, total, out);
+  } else {
+    alignas(64) float noise[kNoiseBlock];
+    philox_normal_block(static_cast<uint64_t>(b0 * D + lo), 0, seed, total, noise);
+    for (int64_t i = 0; i < total; ++i) out[i] = static_cast<math_t>(noise[i]);
+  }
+}
+
+// Sum of p[0..n).
+template <typename math_t>
+math_t sum_terms(const math_t* p, int64_t n) {
+  using Vec = at::vec::Vectorized<math_t>;
+  Vec acc(0);
+  for (int64_t i = 0; i < n; i += Vec::size()) acc = acc + Vec::loadu(p + i, std::min<int64_t>(Vec::size(), n - i));
+  return at::vec::vec_reduce_all<math_t>([](Vec a, Vec c) { return a + c; }, acc);
+}
+
+// Calls block(b0, b1, lo, n, sums) over blocks covering the [B, D] batch in parallel; the block sets
+// sums[b - b0] to its sum for row b. Writes out[b] = row b's total (if out is not null).
+template <typename acc_t, typename Block>
+void for_blocks(int64_t B, int64_t D, acc_t* out, const Block& block) {
+  if (D >= kNoiseBlock) {
+    parallel_rows<acc_t>(B, D, out, [&](int64_t b, int64_t lo, int64_t hi) {
+      acc_t acc(0);
+      for (int64_t s = lo; s < hi; s += kNoiseBlock) {
+        acc_t part(0);
+        block(b, b + 1, s, std::min(kNoiseBlock, hi - s), &part);
+        acc += part;
+      }
+      return acc;
+    });
     return;
   }
-  alignas(64) float noise[kNoiseBlock];
-  philox_normal_block(static_cast<uint64_t>(b * D + lo), 0, seed, n, noise);
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<math_t>(noise[i]);
+  const int64_t tile = kNoiseBlock / std::max<int64_t>(D, 1);
+  parallel_row_tiles(B, D, tile, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> sums(b1 - b0);
+    block(b0, b1, 0, D, sums.data());
+    if (out != nullptr) std::copy(sums.begin(), sums.end(), out + b0);
+  });
 }
 
 template <typename scalar_t>
@@ -69,35 +122,23 @@ void reparameterize_fwd_impl(const at::Tensor& mu, const at::Tensor& lv, const a
   const int64_t ms = row_stride(mu), ls = row_stride(lv), es = eps != nullptr ? row_stride(*eps) : 0;
   scalar_t* zp = z.mutable_data_ptr<scalar_t>();
   std::vector<KlLogQ<math_t>> sums(B);
-  parallel_rows<KlLogQ<math_t>>(B, D, sums.data(), [&](int64_t b, int64_t lo, int64_t hi) {
-    const scalar_t *mb = mp + b * ms, *lb = lp + b * ls, *eb = ep != nullptr ? ep + b * es : nullptr;
-    scalar_t* zb = zp + b * D;
-    alignas(64) math_t noise[kNoiseBlock];
-    Vec vkl(0), vlq(0);
-    KlLogQ<math_t> acc;
-    for (int64_t s = lo; s < hi; s += kNoiseBlock) {
-      const int64_t n = std::min(kNoiseBlock, hi - s);
-      load_noise(eb, seed, b, D, s, n, noise);
-      int64_t i = 0;
-      for (; i + IO::kSize <= n; i += IO::kSize) {
-        Vec klt, lqt;
-        IO::store(zb + s + i, reparameterize_fwd_elem(IO::load(mb + s + i), IO::load(lb + s + i),
-                                                      Vec::loadu(noise + i), &klt, &lqt));
-        vkl = vkl + klt;
-        vlq = vlq + lqt;
-      }
-      for (; i < n; ++i) {
-        math_t klt, lqt;
-        zb[s + i] = static_cast<scalar_t>(reparameterize_fwd_elem(
-            static_cast<math_t>(mb[s + i]), static_cast<math_t>(lb[s + i]), noise[i], &klt, &lqt));
-        acc.kl += klt;
-        acc.log_q += lqt;
-      }
+  for_blocks<KlLogQ<math_t>>(B, D, sums.data(), [&](int64_t b0, int64_t b1, int64_t lo, int64_t n,
+                                                    KlLogQ<math_t>* row_sums) {
+    alignas(64) math_t m[kNoiseBlock], l[kNoiseBlock], e[kNoiseBlock], klt[kNoiseBlock], lqt[kNoiseBlock];
+    gather_block(mp, ms, b0, b1, lo, n, m);
+    gather_block(lp, ls, b0, b1, lo, n, l);
+    load_noise(ep, es, seed, D, b0, b1, lo, n, e);
+    const int64_t total = (b1 - b0) * n;
+    for (int64_t i = 0; i < total; i += IO::kSize) {
+      const int64_t c = std::min<int64_t>(IO::kSize, total - i);  // the last vector may be partial
+      Vec kt, qt;
+      IO::store(zp + b0 * D + lo + i, reparameterize_fwd_elem(Vec::loadu(m + i, c), Vec::loadu(l + i, c),
+                                                              Vec::loadu(e + i, c), &kt, &qt), c);
+      kt.store(klt + i, c);
+      qt.store(lqt + i, c);
     }
-    const auto add = [](Vec a, Vec c) { return a + c; };
-    acc.kl += at::vec::vec_reduce_all<math_t>(add, vkl);
-    acc.log_q += at::vec::vec_reduce_all<math_t>(add, vlq);
-    return acc;
+    for (int64_t r = 0; r < b1 - b0; ++r)
+      row_sums[r] = KlLogQ<math_t>(sum_terms(klt + r * n, n), sum_terms(lqt + r * n, n));
   });
   math_t *klp = kl.mutable_data_ptr<math_t>(), *lqp = log_q.mutable_data_ptr<math_t>();
   for (int64_t b = 0; b < B; ++b) {
@@ -122,35 +163,28 @@ void reparameterize_bwd_impl(const at::Tensor& mu, const at::Tensor& lv, const a
   const int64_t gzs = row_stride(gz);
   scalar_t *gmp = gmu.mutable_data_ptr<scalar_t>(), *glp = glv.mutable_data_ptr<scalar_t>();
   scalar_t* gep = geps != nullptr ? geps->mutable_data_ptr<scalar_t>() : nullptr;
-  parallel_rows<math_t>(B, D, nullptr, [&](int64_t b, int64_t lo, int64_t hi) {
-    const scalar_t *mb = mp + b * ms, *lb = lp + b * ls, *gzb = gzp + b * gzs;
-    const scalar_t* eb = ep != nullptr ? ep + b * es : nullptr;
-    scalar_t *gmb = gmp + b * D, *glb = glp + b * D, *geb = gep != nullptr ? gep + b * D : nullptr;
-    const math_t g_kl = gklp[b], g_lq = glqp[b];
-    const Vec vgkl(g_kl), vglq(g_lq);
-    alignas(64) math_t noise[kNoiseBlock];
-    for (int64_t s = lo; s < hi; s += kNoiseBlock) {
-      const int64_t n = std::min(kNoiseBlock, hi - s);
-      load_noise(eb, seed, b, D, s, n, noise);
-      int64_t i = 0;
-      for (; i + IO::kSize <= n; i += IO::kSize) {
-        Vec g_mu, g_lv, g_eps;
-        reparameterize_bwd_elem(IO::load(mb + s + i), IO::load(lb + s + i), Vec::loadu(noise + i),
-                                IO::load(gzb + s + i), vgkl, vglq, &g_mu, &g_lv, &g_eps);
-        IO::store(gmb + s + i, g_mu);
-        IO::store(glb + s + i, g_lv);
-        if (geb != nullptr) IO::store(geb + s + i, g_eps);
-      }
-      for (; i < n; ++i) {
-        math_t g_mu, g_lv, g_eps;
-        reparameterize_bwd_elem(static_cast<math_t>(mb[s + i]), static_cast<math_t>(lb[s + i]), noise[i],
-                                static_cast<math_t>(gzb[s + i]), g_kl, g_lq, &g_mu, &g_lv, &g_eps);
-        gmb[s + i] = static_cast<scalar_t>(g_mu);
-        glb[s + i] = static_cast<scalar_t>(g_lv);
-        if (geb != nullptr) geb[s + i] = static_cast<scalar_t>(g_eps);
-      }
+  for_blocks<math_t>(B, D, static_cast<math_t*>(nullptr), [&](int64_t b0, int64_t b1, int64_t lo, int64_t n,
+                                                              math_t*) {
+    alignas(64) math_t m[kNoiseBlock], l[kNoiseBlock], e[kNoiseBlock], g[kNoiseBlock], gk[kNoiseBlock],
+        gq[kNoiseBlock];
+    gather_block(mp, ms, b0, b1, lo, n, m);
+    gather_block(lp, ls, b0, b1, lo, n, l);
+    gather_block(gzp, gzs, b0, b1, lo, n, g);
+    load_noise(ep, es, seed, D, b0, b1, lo, n, e);
+    for (int64_t b = b0; b < b1; ++b) {  // the per-row incoming gradients of kl and log_q, per element
+      std::fill(gk + (b - b0) * n, gk + (b - b0 + 1) * n, gklp[b]);
+      std::fill(gq + (b - b0) * n, gq + (b - b0 + 1) * n, glqp[b]);
     }
-    return math_t(0);
+    const int64_t total = (b1 - b0) * n, at = b0 * D + lo;
+    for (int64_t i = 0; i < total; i += IO::kSize) {
+      const int64_t c = std::min<int64_t>(IO::kSize, total - i);
+      Vec g_mu, g_lv, g_eps;
+      reparameterize_bwd_elem(Vec::loadu(m + i, c), Vec::loadu(l + i, c), Vec::loadu(e + i, c), Vec::loadu(g + i, c),
+                              Vec::loadu(gk + i, c), Vec::loadu(gq + i, c), &g_mu, &g_lv, &g_eps);
+      IO::store(gmp + at + i, g_mu, c);
+      IO::store(glp + at + i, g_lv, c);
+      if (gep != nullptr) IO::store(gep + at + i, g_eps, c);
+    }
   });
 }
 

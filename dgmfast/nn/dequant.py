@@ -10,18 +10,25 @@ from dgmfast.nn.coupling import AffineCoupling
 class UniformDequantization(nn.Module):
     """``forward(x) -> (y, log_weight)``: :func:`dgmfast.functional.uniform_dequantize` with
     ``log_weight = logdet``; ``reverse(y)`` maps back to ``n_bits`` integers. ``in_bits`` (default 8,
-    as the functional) is the width of the incoming pixels: ``n_bits=5`` on 8-bit images drops 3 bits."""
+    as the functional) is the width of the incoming pixels: ``n_bits=5`` on 8-bit images drops 3 bits.
+    ``dtype`` is y's floating dtype (float32 by default; ``module.to(torch.float64)`` also sets it, as it
+    would for a module with parameters)."""
 
-    def __init__(self, n_bits=8, mode="logit", alpha=0.05, *, in_bits=8):
+    def __init__(self, n_bits=8, mode="logit", alpha=0.05, *, in_bits=8, dtype=torch.float32):
         super().__init__()
-        self.n_bits, self.in_bits, self.mode, self.alpha = n_bits, in_bits, mode, alpha
+        self.n_bits, self.in_bits, self.mode, self.alpha, self.dtype = n_bits, in_bits, mode, alpha, dtype
 
     def extra_repr(self):
-        return f"n_bits={self.n_bits}, mode={self.mode!r}, alpha={self.alpha}, in_bits={self.in_bits}"
+        return (f"n_bits={self.n_bits}, mode={self.mode!r}, alpha={self.alpha}, in_bits={self.in_bits}, "
+                f"dtype={self.dtype}")
+
+    def _apply(self, fn, recurse=True):
+        self.dtype = fn(torch.empty((), dtype=self.dtype)).dtype  # follows .to(dtype) / .double() / .half()
+        return super()._apply(fn, recurse)
 
     def forward(self, x, generator=None):
         return F.uniform_dequantize(x, n_bits=self.n_bits, in_bits=self.in_bits, mode=self.mode, alpha=self.alpha,
-                                    generator=generator)
+                                    generator=generator, dtype=self.dtype)
 
     def reverse(self, y):
         return F.uniform_dequantize(y, n_bits=self.n_bits, mode=self.mode, alpha=self.alpha, reverse=True)[0]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import is_plane_contiguous, logdet_like, triton_acc
+from dgmfast.ops.common import custom_op, is_plane_contiguous, logdet_like, triton_acc
 from dgmfast.reference.common import acc_dtype
 
 register_op("actnorm")  # every backend takes float16/bfloat16/float32/float64
@@ -75,7 +75,7 @@ def _bwd_triton(x, loc, log_scale, gy, gld, reverse):
     return gx, g_loc.to(x.dtype), g_log_scale.to(x.dtype)
 
 
-@torch.library.custom_op("dgmfast::actnorm_fwd", mutates_args=())
+@custom_op("dgmfast::actnorm_fwd")
 def actnorm_fwd(x: Tensor, loc: Tensor, log_scale: Tensor, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
         return _fwd_triton(x, loc, log_scale, reverse)
@@ -87,7 +87,7 @@ def _(x, loc, log_scale, reverse, backend):
     return x.new_empty(x.shape), logdet_like(x)
 
 
-@torch.library.custom_op("dgmfast::actnorm_bwd", mutates_args=())
+@custom_op("dgmfast::actnorm_bwd")
 def actnorm_bwd(x: Tensor, loc: Tensor, log_scale: Tensor, grad_y: Tensor, grad_logdet: Tensor, reverse: bool,
                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config
+from dgmfast.ops.common import (
+    custom_op, logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config)
 
 SCALE_MAP_IDS = {"exp": 0, "tanh": 1, "sigmoid": 2}
 
@@ -55,7 +56,7 @@ def _bwd_triton(x, r, t, gy, gld, scale_map, clamp, eps, shift_first, reverse):
     return gx, gr, gt
 
 
-@torch.library.custom_op("dgmfast::affine_coupling_fwd", mutates_args=())
+@custom_op("dgmfast::affine_coupling_fwd")
 def affine_coupling_fwd(x: Tensor, log_scale: Tensor, shift: Tensor, scale_map: int, clamp: float, eps: float,
                         shift_first: bool, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -68,7 +69,7 @@ def _(x, log_scale, shift, scale_map, clamp, eps, shift_first, reverse, backend)
     return x.new_empty(x.shape), logdet_like(x)
 
 
-@torch.library.custom_op("dgmfast::affine_coupling_bwd", mutates_args=())
+@custom_op("dgmfast::affine_coupling_bwd")
 def affine_coupling_bwd(x: Tensor, log_scale: Tensor, shift: Tensor, grad_y: Tensor, grad_logdet: Tensor,
                         scale_map: int, clamp: float, eps: float, shift_first: bool, reverse: bool,
                         backend: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config
+from dgmfast.ops.common import (
+    custom_op, logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config)
 from dgmfast.reference.common import acc_dtype
 from dgmfast.reference.dequant import row_constant
 
@@ -73,7 +74,7 @@ def _uniform_rev_triton(y, n_bits, mode, alpha):
 
 
 
-@torch.library.custom_op("dgmfast::uniform_dequantize", mutates_args=())
+@custom_op("dgmfast::uniform_dequantize")
 def uniform_dequantize(x: Tensor, seed: Tensor, n_bits: int, in_bits: int, mode: int, alpha: float,
                        dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -86,7 +87,7 @@ def _(x, seed, n_bits, in_bits, mode, alpha, dtype, backend):
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0],), dtype=acc_dtype(dtype))
 
 
-@torch.library.custom_op("dgmfast::uniform_dequantize_reverse", mutates_args=())
+@custom_op("dgmfast::uniform_dequantize_reverse")
 def uniform_dequantize_reverse(y: Tensor, n_bits: int, mode: int, alpha: float,
                                backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -115,7 +116,7 @@ def _gaussian_triton(shape, seed, dtype, device):
     return eps, partial.sum(1) - 0.5 * _LOG_2PI * N
 
 
-@torch.library.custom_op("dgmfast::gaussian_sample_log_prob", mutates_args=())
+@custom_op("dgmfast::gaussian_sample_log_prob")
 def gaussian_sample_log_prob(shape: list[int], seed: Tensor, dtype: torch.dtype, device: torch.device,
                              backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -161,7 +162,7 @@ def _tail_bwd_triton(x, v, gy, gld, n_bits, mode, alpha):
     return gv
 
 
-@torch.library.custom_op("dgmfast::dequantize_sigmoid_tail_fwd", mutates_args=())
+@custom_op("dgmfast::dequantize_sigmoid_tail_fwd")
 def dequantize_sigmoid_tail_fwd(x: Tensor, v: Tensor, n_bits: int, mode: int, alpha: float,
                                 backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -174,7 +175,7 @@ def _(x, v, n_bits, mode, alpha, backend):
     return v.new_empty(v.shape), logdet_like(v)
 
 
-@torch.library.custom_op("dgmfast::dequantize_sigmoid_tail_bwd", mutates_args=())
+@custom_op("dgmfast::dequantize_sigmoid_tail_bwd")
 def dequantize_sigmoid_tail_bwd(x: Tensor, v: Tensor, grad_y: Tensor, grad_logdet: Tensor, n_bits: int, mode: int,
                                 alpha: float, backend: str) -> Tensor:
     if backend == "triton":

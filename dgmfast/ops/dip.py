@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import row_contiguous, row_stride
+from dgmfast.ops.common import custom_op, row_contiguous, row_stride
 from dgmfast.reference.common import acc_dtype
 
 CUDA_REFUSAL = ("the cuda backend has no DIP-VAE kernel: the covariance is a skinny GEMM that the triton "
@@ -139,7 +139,7 @@ def _acc_like(mu, shape):
     return mu.new_empty(shape, dtype=acc_dtype(mu.dtype))
 
 
-@torch.library.custom_op("dgmfast::dip_moments", mutates_args=())
+@custom_op("dgmfast::dip_moments")
 def dip_moments(mu: Tensor, logvar: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(offset = mean - mu[0] [D], m2 = sum_n (mu_n - mean)(mu_n - mean)^T [D, D], sum_n exp(logvar_n) [D] or [0])."""
     if backend == "triton":
@@ -155,7 +155,7 @@ def _(mu, logvar, backend):
     return _acc_like(mu, (D,)), _acc_like(mu, (D, D)), _acc_like(mu, (D if logvar is not None else 0,))
 
 
-@torch.library.custom_op("dgmfast::dip_vae_penalty_fwd", mutates_args=())
+@custom_op("dgmfast::dip_vae_penalty_fwd")
 def dip_vae_penalty_fwd(mu: Tensor, logvar: Optional[Tensor], lambda_od: float, lambda_d: float,
                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
@@ -169,7 +169,7 @@ def _(mu, logvar, lambda_od, lambda_d, backend):
     return _acc_like(mu, ()), _acc_like(mu, (D,)), _acc_like(mu, (D, D))
 
 
-@torch.library.custom_op("dgmfast::dip_vae_penalty_bwd", mutates_args=())
+@custom_op("dgmfast::dip_vae_penalty_bwd")
 def dip_vae_penalty_bwd(mu: Tensor, logvar: Optional[Tensor], offset: Tensor, coef: Tensor,
                         backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import row_contiguous, row_stride, triton_acc, triton_row_config
+from dgmfast.ops.common import custom_op, row_contiguous, row_stride, triton_acc, triton_row_config
 from dgmfast.reference.common import acc_dtype
 
 MIXTURE_CUDA_REFUSAL = ("the mixture log-density is matrix-shaped ([N, K] logit tiles reduced over D); on GPUs "
@@ -77,7 +77,7 @@ def _reparameterize_bwd_triton(mu, logvar, eps, seed, gz, gkl, glq):
     return gmu, glv, geps
 
 
-@torch.library.custom_op("dgmfast::reparameterize_fwd", mutates_args=())
+@custom_op("dgmfast::reparameterize_fwd")
 def reparameterize_fwd(mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: Tensor,
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
@@ -91,7 +91,7 @@ def _(mu, logvar, eps, seed, backend):
     return mu.new_empty(mu.shape), mu.new_empty((mu.shape[0],), dtype=acc), mu.new_empty((mu.shape[0],), dtype=acc)
 
 
-@torch.library.custom_op("dgmfast::reparameterize_bwd", mutates_args=())
+@custom_op("dgmfast::reparameterize_bwd")
 def reparameterize_bwd(mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: Tensor, grad_z: Tensor,
                        grad_kl: Tensor, grad_log_q: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
@@ -201,7 +201,7 @@ def _mixture_bwd_triton(z, means, logvars, log_weights, band, band_offset, per_d
     return gz.to(z.dtype), gm.to(z.dtype), glv.to(z.dtype), gw.to(z.dtype)
 
 
-@torch.library.custom_op("dgmfast::gaussian_mixture_fwd", mutates_args=())
+@custom_op("dgmfast::gaussian_mixture_fwd")
 def gaussian_mixture_fwd(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor, band: Tensor,
                          band_offset: int, per_dim: bool, backend: str) -> Tensor:
     if backend == "triton":
@@ -214,7 +214,7 @@ def _(z, means, logvars, log_weights, band, band_offset, per_dim, backend):
     return z.new_empty(tuple(z.shape) if per_dim else (z.shape[0],), dtype=acc_dtype(z.dtype))
 
 
-@torch.library.custom_op("dgmfast::gaussian_mixture_bwd", mutates_args=())
+@custom_op("dgmfast::gaussian_mixture_bwd")
 def gaussian_mixture_bwd(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor, band: Tensor,
                          band_offset: int, per_dim: bool, out: Tensor, grad_out: Tensor,
                          backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:

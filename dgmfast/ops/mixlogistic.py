@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import logdet_like, row_numel, triton_acc
+from dgmfast.ops.common import custom_op, logdet_like, row_numel, triton_acc
 from dgmfast.reference.mixlogistic import bisection_iters
 
 register_op("mixlogistic_coupling")  # every backend takes float16/bfloat16/float32/float64
@@ -144,7 +144,7 @@ def _bwd_triton(x, logits, means, log_scales, log_scale, shift, grad_out, grad_l
     return g_in, gpi, gmu, gls, g_r, g_t
 
 
-@torch.library.custom_op("dgmfast::mixlogistic_coupling_fwd", mutates_args=())
+@custom_op("dgmfast::mixlogistic_coupling_fwd")
 def mixlogistic_coupling_fwd(x: Tensor, logits: Tensor, means: Tensor, log_scales: Tensor, log_scale: Tensor,
                              shift: Tensor, scale_map: int, clamp: float, min_log_scale: float, shift_scale: bool,
                              reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
@@ -160,7 +160,7 @@ def _(x, logits, means, log_scales, log_scale, shift, scale_map, clamp, min_log_
     return x.new_empty(x.shape), logdet_like(x)
 
 
-@torch.library.custom_op("dgmfast::mixlogistic_coupling_bwd", mutates_args=())
+@custom_op("dgmfast::mixlogistic_coupling_bwd")
 def mixlogistic_coupling_bwd(x: Tensor, logits: Tensor, means: Tensor, log_scales: Tensor, log_scale: Tensor,
                              shift: Tensor, grad_out: Tensor, grad_logdet: Tensor, scale_map: int, clamp: float,
                              min_log_scale: float, shift_scale: bool, reverse: bool,

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config
+from dgmfast.ops.common import (
+    custom_op, logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config)
 from dgmfast.reference.common import acc_dtype
 
 PLANAR_CUDA_REFUSAL = ("the cuda backend has no planar-flow kernel yet (csrc/cuda/vaeflows.cu holds the IAF step "
@@ -110,7 +111,7 @@ def _planar_bwd_triton(z, u, w, b, pre, gy, gld):
     return gz, gu, gw, gb
 
 
-@torch.library.custom_op("dgmfast::planar_flows_fwd", mutates_args=())
+@custom_op("dgmfast::planar_flows_fwd")
 def planar_flows_fwd(z: Tensor, u: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
         return _planar_fwd_triton(z, u, w, b)
@@ -122,7 +123,7 @@ def _(z, u, w, b, backend):
     return z.new_empty(z.shape), logdet_like(z), z.new_empty((z.shape[0], w.shape[-2]), dtype=acc_dtype(z.dtype))
 
 
-@torch.library.custom_op("dgmfast::planar_flows_bwd", mutates_args=())
+@custom_op("dgmfast::planar_flows_bwd")
 def planar_flows_bwd(z: Tensor, u: Tensor, w: Tensor, b: Tensor, pre_act: Tensor, grad_z: Tensor,
                      grad_logdet: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if backend == "triton":
@@ -182,7 +183,7 @@ def _iaf_bwd_triton(z, m, r, gy, gld, bias, reverse):
     return gz, gm, gr
 
 
-@torch.library.custom_op("dgmfast::iaf_step_fwd", mutates_args=())
+@custom_op("dgmfast::iaf_step_fwd")
 def iaf_step_fwd(z: Tensor, mean: Tensor, log_scale_raw: Tensor, sigmoid_bias: float, reverse: bool,
                  backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
@@ -195,7 +196,7 @@ def _(z, mean, log_scale_raw, sigmoid_bias, reverse, backend):
     return z.new_empty(z.shape), logdet_like(z)
 
 
-@torch.library.custom_op("dgmfast::iaf_step_bwd", mutates_args=())
+@custom_op("dgmfast::iaf_step_bwd")
 def iaf_step_bwd(z: Tensor, mean: Tensor, log_scale_raw: Tensor, grad_out: Tensor, grad_logdet: Tensor,
                  sigmoid_bias: float, reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
