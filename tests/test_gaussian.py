@@ -45,7 +45,8 @@ def run(fn, inputs, dtype, be, weights):
 # ---- reparameterize -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dev,be", backend_cases())
-@pytest.mark.parametrize("shape", [(3, 5), (1, 1), (2, 9000), (17, 300)])
+# (70, 10): short rows in three tiles of whole rows, the last partial; (2, 9000), (17, 300): long rows in segments
+@pytest.mark.parametrize("shape", [(3, 5), (1, 1), (70, 10), (2, 9000), (17, 300)])
 def test_reparameterize_given_eps_matches_reference(dev, be, shape):
     mu, lv, eps = posterior(*shape, device=dev)
     ws = [randn(*shape, seed=7, dtype=torch.float64, device=dev), randn(shape[0], seed=8, dtype=torch.float64, device=dev),
@@ -79,8 +80,9 @@ def test_reparameterize_given_eps_equals_reference_to_the_ulp(be, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_reparameterize_same_seed_same_z_on_every_backend(dtype):
-    mu, lv, _ = posterior(7, 300, dtype=dtype)
+@pytest.mark.parametrize("shape", [(7, 300), (70, 10)])  # long rows; short rows in tiles
+def test_reparameterize_same_seed_same_z_on_every_backend(dtype, shape):
+    mu, lv, _ = posterior(*shape, dtype=dtype)
     zs = {}
     for be in NOISE_BACKENDS:
         with backend(be):
