@@ -10,6 +10,7 @@
 
 #include <dgmfast/rows.h>
 #include <dgmfast/vaeflows.h>
+#include <dgmfast/vaeflows_launch.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -310,19 +311,6 @@ void planar_bwd_impl(const at::Tensor& z, const PlanarInputs<scalar_t>& P, const
     Ops::store(gwp + l * D, GW.data(), D);
   }
 }
-
-void check_planar(const at::Tensor& z, const at::Tensor& u, const at::Tensor& w, const at::Tensor& b) {
-  TORCH_CHECK(z.dim() == 2, "dgmfast: z must be [B, D], got ", z.sizes());
-  check_same_shape(w, u, "u");
-  TORCH_CHECK((w.dim() == 2 || w.dim() == 3) && w.size(-1) == z.size(1), "dgmfast: w must be [L, D] or [B, L, D]");
-  TORCH_CHECK((w.dim() == 2 || w.size(0) == z.size(0)) && (b.dim() == 1 || (b.dim() == 2 && b.size(0) == z.size(0))) &&
-                  b.size(-1) == w.size(-2),
-              "dgmfast: u, w must be [L, D] or [B, L, D] and b [L] or [B, L]");
-  TORCH_CHECK(z.scalar_type() == w.scalar_type() && z.scalar_type() == b.scalar_type(), "dgmfast: dtypes differ");
-}
-
-// Parameters need only their last dim contiguous (batch and step strides are read as they are).
-at::Tensor last_contiguous(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> planar_flows_fwd_cpu(const at::Tensor& z_in, const at::Tensor& u_in,
                                                                     const at::Tensor& w_in, const at::Tensor& b) {

@@ -66,10 +66,13 @@ def triton_row_config(n: int, device: torch.device):
 
 # ---- custom ops with an eager fast path ----------------------------------------------------------
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def _eager_args(args) -> bool:
-    """True outside any tracer: no compiler is tracing and every tensor argument is a plain tensor (not
-    the fake, functional or proxy subclass tensors of torch.compile, make_fx or opcheck)."""
-    return not torch.compiler.is_compiling() and all(type(a) is torch.Tensor for a in args
+    """True outside any tracer: no compiler is tracing and every tensor argument is a plain tensor or
+    parameter (not the fake, functional or proxy subclass tensors of torch.compile, make_fx or opcheck)."""
+    return not torch.compiler.is_compiling() and all(type(a) in _PLAIN_TENSORS for a in args
                                                      if isinstance(a, torch.Tensor))
 
 

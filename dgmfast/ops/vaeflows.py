@@ -5,8 +5,8 @@
 ``dgmfast::planar_flows_bwd`` recomputes z_L = z_0 + sum_l u_hat_l tanh(a_l) and walks the steps backwards,
 recovering z_l = z_{l+1} - u_hat_l tanh(a_l) (saved: the inputs plus B*L scalars, never [B, L, D]).
 ``dgmfast::iaf_step_fwd/_bwd``: the stable IAF step, element-wise, backward saves the three inputs.
-Backends: "cpu" calls dgmfast._C (csrc/cpu/vaeflows.cpp), "triton" launches kernels/vaeflows.py; "cuda"
-(csrc/cuda/vaeflows.cu) has the IAF step and refuses planar flows (not written yet: CUDA tensors take triton).
+Backends: "cpu" and "cuda" call dgmfast._C (csrc/cpu/vaeflows.cpp, csrc/cuda/vaeflows.cu: one warp per row
+for planar flows), "triton" launches kernels/vaeflows.py.
 """
 import torch
 import torch.nn.functional as F
@@ -17,15 +17,7 @@ from dgmfast.ops.common import (
     custom_op, logdet_like, row_contiguous, row_numel, row_stride, triton_acc, triton_row_config)
 from dgmfast.reference.common import acc_dtype
 
-PLANAR_CUDA_REFUSAL = ("the cuda backend has no planar-flow kernel yet (csrc/cuda/vaeflows.cu holds the IAF step "
-                       "only); the triton backend runs planar flows on CUDA tensors")
-
-
-def _planar_refusals(backend, device, dtype):
-    return [PLANAR_CUDA_REFUSAL] if backend == "cuda" else []
-
-
-register_op("planar_flows", _planar_refusals)
+register_op("planar_flows")
 register_op("iaf_step")
 
 
