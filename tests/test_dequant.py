@@ -402,7 +402,7 @@ def test_uniform_dequantize_output_has_no_gradient_and_bits_per_dim_checks_num_d
 
 
 @pytest.mark.parametrize("dev,be", KERNEL_CASES)
-@pytest.mark.parametrize("alpha", [1e-12, 1e-5, 0.05, 0.499])
+@pytest.mark.parametrize("alpha", [1e-39, 1e-12, 1e-5, 0.05, 0.499])  # 1e-39: subnormal in float32
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logit_logdet_long_rows_and_extreme_alpha(dev, be, alpha, dtype):
     """Rows longer than a chunk (the CPU loop multiplies p(1-p) factors before one log) with pixels at both

@@ -4,6 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
+import dgmfast
 from dgmfast.kernels import _random
 from dgmfast.ops.common import draw_seed, philox_normal, philox_uniform, philox_words
 
@@ -12,6 +13,19 @@ def test_known_answer_random123():
     # Random123's known-answer vector for philox4x32-10 with counter 0 and key 0
     words = philox_words(torch.zeros(1, dtype=torch.int64), seed=0, stream=0)[:, 0].tolist()
     assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("first", [0, 1, 7, 2**32 - 37])  # the last crosses the carry into counter bits 32..63
+@pytest.mark.parametrize("count", [1, 5, 31, 32, 33, 100, 257])
+def test_cpu_simd_words_match_the_scalar_generator(first, count):
+    """The C++ CPU kernels' words block (SIMD registers of 4 or 8 counters, 4 registers per step, scalar
+    philox4x32_10 for the counters left over) against the mirror: heads, tails and several steps."""
+    if not dgmfast.has_extension():
+        pytest.skip("dgmfast._C not built")
+    seed = 0x123456789ABCDEF
+    words = torch.ops.dgmfast_C.philox_words(torch.tensor(seed), first, count, 3)
+    expected = philox_words(torch.arange(first, first + count, dtype=torch.int64), seed, stream=3)
+    torch.testing.assert_close(words.long() & 0xFFFFFFFF, expected, rtol=0, atol=0)
 
 
 @triton.jit

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
 
 namespace dgm::cpu {
 namespace {
@@ -49,9 +50,24 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
   const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits)), alpha = alpha_d;
   const Vec valpha(alpha);
   const int group = logit_factor_group(alpha_d);
+  const Vec vinv_n(inv_n);
+  // the odds and factors of logit_odds_factor are >= alpha (1 - alpha): normal floats, for log_positive,
+  // unless alpha is (nearly) subnormal
+  const bool normal_logs = alpha_d >= 2.0 * std::numeric_limits<float>::min();
+  const auto log_of = [&](const Vec& v) { return normal_logs ? log_positive(v) : v.log(); };
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
     alignas(64) float u[kSub];
-    alignas(64) math_t q[kSub];
+    alignas(64) math_t xq[kSub];
+    // q = cube_point(x, u) / n for elements j .. j + kSize of the buffers (float: on vectors)
+    const auto q_vec = [&](int64_t j) {
+      if constexpr (std::is_same_v<math_t, float>) {
+        return cube_point<Vec, float>(Vec::loadu(xq + j), Vec::loadu(u + j)) * vinv_n;
+      } else {
+        alignas(64) math_t q[IO::kSize];
+        for (int64_t k = 0; k < IO::kSize; ++k) q[k] = cube_point(xq[j + k], static_cast<math_t>(u[j + k]));
+        return Vec::loadu(q) * vinv_n;
+      }
+    };
     Vec vacc(0);
     math_t acc = 0;
     int64_t over = 0;
@@ -61,29 +77,30 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
       const int_t* xb = xp + b * xs + s;
       for (int64_t j = 0; j < m; ++j) {
         over |= xb[j] >> in_bits;
-        q[j] = cube_point(static_cast<math_t>(xb[j] >> shift), static_cast<math_t>(u[j])) * inv_n;
+        xq[j] = static_cast<math_t>(xb[j] >> shift);
       }
+      out_t* yb = yp + b * N + s;
       int64_t j = 0;
-      if constexpr (MODE == kModeLogit) {  // one log per element: see logit_map_factor
+      if constexpr (MODE == kModeLogit) {  // one log per element: see logit_odds_factor
         while (j + IO::kSize <= m) {
           Vec prod(1);
           for (int k = 0; k < group && j + IO::kSize <= m; ++k, j += IO::kSize) {
             Vec factor;
-            IO::store(yp + b * N + s + j, logit_map_factor(Vec::loadu(q + j), valpha, &factor));
+            IO::store(yb + j, log_of(logit_odds_factor(q_vec(j), valpha, &factor)));
             prod = prod * factor;
           }
-          vacc = vacc - prod.log();
+          vacc = vacc - log_of(prod);
         }
       } else {
         for (; j + IO::kSize <= m; j += IO::kSize) {
           Vec ld;
-          IO::store(yp + b * N + s + j, dequant_map<MODE>(Vec::loadu(q + j), valpha, &ld));
+          IO::store(yb + j, dequant_map<MODE>(q_vec(j), valpha, &ld));
           vacc = vacc + ld;
         }
       }
       for (; j < m; ++j) {
         math_t ld;
-        yp[b * N + s + j] = static_cast<out_t>(dequant_map<MODE>(q[j], alpha, &ld));
+        yb[j] = static_cast<out_t>(dequant_map<MODE>(cube_point(xq[j], static_cast<math_t>(u[j])) * inv_n, alpha, &ld));
         acc += ld;
       }
     }
@@ -310,6 +327,18 @@ at::Tensor dequantize_sigmoid_tail_bwd_cpu(const at::Tensor& x_in, const at::Ten
   return gv;
 }
 
+// The Philox words of counters first .. first + count - 1 as the CPU kernels make them (philox_words in
+// random.h: SIMD where built), as uint32 bits in an int32 [4, count] tensor; tests compare them with the
+// scalar generator's.
+at::Tensor philox_words_cpu(const at::Tensor& seed, int64_t first_counter, int64_t count, int64_t stream) {
+  TORCH_CHECK_VALUE(count >= 0, "count must be >= 0, got ", count);
+  at::Tensor w = at::empty({4, count}, seed.options().dtype(at::kInt));
+  uint32_t* p = reinterpret_cast<uint32_t*>(w.mutable_data_ptr<int32_t>());
+  philox_words(static_cast<uint64_t>(first_counter), count, static_cast<uint32_t>(stream),
+               static_cast<uint64_t>(seed.item<int64_t>()), p, p + count, p + 2 * count, p + 3 * count);
+  return w;
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -321,6 +350,7 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
   m.def("dequantize_sigmoid_tail_fwd(Tensor x, Tensor v, int n_bits, int mode, float alpha) -> (Tensor, Tensor)");
   m.def("dequantize_sigmoid_tail_bwd(Tensor x, Tensor v, Tensor grad_y, Tensor grad_logdet, int n_bits, int mode, "
         "float alpha) -> Tensor");
+  m.def("philox_words(Tensor seed, int first_counter, int count, int stream) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
@@ -329,4 +359,5 @@ TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("gaussian_sample_log_prob", &dgm::cpu::gaussian_sample_log_prob_cpu);
   m.impl("dequantize_sigmoid_tail_fwd", &dgm::cpu::dequantize_sigmoid_tail_fwd_cpu);
   m.impl("dequantize_sigmoid_tail_bwd", &dgm::cpu::dequantize_sigmoid_tail_bwd_cpu);
+  m.impl("philox_words", &dgm::cpu::philox_words_cpu);
 }

@@ -38,6 +38,26 @@ inline Vectorized<T> tanh(const Vectorized<T>& x) {
   return Vectorized<T>::blendv(t, Vectorized<T>(T(0)) - t, x < Vectorized<T>(T(0)));
 }
 
+// log(x) for positive normal float32 x (no zero, subnormal, inf or NaN handling): x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), log x = e ln 2 + log m, log m by Cephes' logf polynomial in m - 1 (within 1 ulp
+// on [1e-3, 1e3]); several times cheaper than Sleef's log, which handles every input. Double: Sleef.
+inline Vectorized<float> log_positive(const Vectorized<float>& x) {
+  using Vec = Vectorized<float>;
+  using IVec = Vectorized<int32_t>;
+  const IVec bits = at::vec::cast<int32_t>(x);
+  const IVec e = (bits - IVec(0x3f3504f3)) >> IVec(23);  // floor(log2(x / sqrt(1/2)))
+  const Vec f = at::vec::cast<float>(bits - (e << IVec(23))) - Vec(1.0f);
+  const Vec ef = at::vec::convert<float>(e), z = f * f;
+  Vec p(7.0376836292e-2f);
+  for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                  2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f})
+    p = at::vec::fmadd(p, f, Vec(c));
+  Vec y = at::vec::fmadd(ef, Vec(-2.12194440e-4f), p * f * z);  // ln 2 = 0.693359375 - 2.12194440e-4
+  y = at::vec::fmadd(z, Vec(-0.5f), y);
+  return at::vec::fmadd(ef, Vec(0.693359375f), f + y);
+}
+inline Vectorized<double> log_positive(const Vectorized<double>& x) { return x.log(); }
+
 template <typename T>
 inline Vectorized<T> where_nonneg(const Vectorized<T>& x, const Vectorized<T>& a, const Vectorized<T>& b) {
   return Vectorized<T>::blendv(b, a, x >= Vectorized<T>(T(0)));

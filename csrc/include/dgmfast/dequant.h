@@ -18,11 +18,12 @@ enum DequantMode : int { kModeUnit = 0, kModeCentered = 1, kModeLogit = 2 };
 
 // x + u for an integer x and u in [0, 1), kept inside the cube [x, x + 1): in float32, x + u rounds up
 // to x + 1 when u is within half an ulp of 1 (x >= 1), which would move the point to the next cube
-// (and break reverse). (x + 1)(1 - eps/2) is the largest T below the integer x + 1.
-template <typename T>
+// (and break reverse). (x + 1)(1 - eps/2) is the largest S below the integer x + 1. T is S or, on the
+// CPU, a vector of S.
+template <typename T, typename S = T>
 DGM_HOST_DEVICE DGM_INLINE T cube_point(T x, T u) {
-  constexpr T kBelowOne = T(1) - std::numeric_limits<T>::epsilon() / T(2);
-  return dgm::min(x + u, (x + T(1)) * kBelowOne);
+  constexpr S kBelowOne = S(1) - std::numeric_limits<S>::epsilon() / S(2);
+  return dgm::min(x + u, (x + T(1)) * T(kBelowOne));
 }
 
 // y of the mode at q; *ld = the per-element log-det term (constants excluded).
@@ -42,16 +43,18 @@ DGM_HOST_DEVICE DGM_INLINE T dequant_map(T q, T alpha, T* ld) {
   }
 }
 
-// The logit map in the form the CPU loop sums cheaply: returns y = log(p / (1-p)) and sets
-// *factor = p (1-p), whose -log is the per-element log-det. The loop multiplies up to
-// logit_factor_group(alpha) factors before taking one log, so each element costs one log instead of
-// two; p(1-p) >= alpha(1-alpha) bounds the product away from underflow.
+// The logit map in the form the CPU loop evaluates cheaply: returns the odds p / (1-p), whose log is y,
+// and sets *factor = p (1-p), whose -log is the per-element log-det. Both lie in
+// [alpha/(1-alpha), (1-alpha)/alpha] and [alpha(1-alpha), 1/4]: positive normal numbers, so the loop
+// may use a log without special cases. It multiplies up to logit_factor_group(alpha) factors before
+// taking one log, so each element costs one log instead of two; p(1-p) >= alpha(1-alpha) bounds the
+// product away from underflow.
 template <typename T>
-DGM_HOST_DEVICE DGM_INLINE T logit_map_factor(T q, T alpha, T* factor) {
+DGM_HOST_DEVICE DGM_INLINE T logit_odds_factor(T q, T alpha, T* factor) {
   T p = alpha + (T(1) - T(2) * alpha) * q;
   T p1 = T(1) - p;
   *factor = p * p1;
-  return dgm::log(p / p1);
+  return p / p1;
 }
 
 // How many factors p(1-p) >= alpha(1-alpha) multiply without leaving the normal float32 range
