@@ -67,21 +67,21 @@ struct Split {
   double threshold = 0.0, impurity_left = 0.0, impurity_right = 0.0, improvement = -INFINITY;
 };
 
-// One DecisionTreeRegressor(max_depth) fit on targets y (stride y_stride) with the splitter's rand_r
+// One DecisionTreeRegressor(max_depth) fit on targets y [N] with the splitter's rand_r
 // seed `seed`: DepthFirstTreeBuilder + BestSplitter + MSE criterion with unit sample weights.
 class TreeBuilder {
  public:
   TreeBuilder(const SortedFeatures& data, int64_t max_depth)
       : d_(data), max_depth_(max_depth), idx_(data.F * data.N), val_(data.F * data.N), samples_(data.N),
         go_left_(data.N), tmp_idx_(data.N), tmp_val_(data.N), features_(data.F), constant_features_(data.F),
-        imp_(max_nodes(max_depth)), weight_(max_nodes(max_depth)) {}
+        imp_(max_nodes(max_depth)), weight_(max_nodes(max_depth)), sum_left_(data.N), proxy_(data.N),
+        candidate_(data.N) {}
 
   static int64_t max_nodes(int64_t max_depth) { return (int64_t{2} << max_depth) - 1; }
 
-  void build(const double* y, int64_t y_stride, uint32_t seed, Tree& out) {
+  void build(const double* y, uint32_t seed, Tree& out) {
     const int64_t N = d_.N, F = d_.F;
     y_ = y;
-    y_stride_ = y_stride;
     rand_state_ = seed;
     std::copy(d_.order, d_.order + F * N, idx_.begin());
     std::copy(d_.values, d_.values + F * N, val_.begin());
@@ -136,7 +136,7 @@ class TreeBuilder {
 
  private:
   static double square(double v) { return v * v; }
-  double y_at(int32_t i) const { return y_[i * y_stride_]; }
+  double y_at(int32_t i) const { return y_[i]; }
 
   // Criterion.init over samples[start:end] (sklearn's sample order).
   void node_reset(int64_t start, int64_t end) {
@@ -187,7 +187,6 @@ class TreeBuilder {
       f_j += n_found;
       const int64_t f = features_[f_j];
       const float* v = val_.data() + f * N;
-      const int32_t* ix = idx_.data() + f * N;
       if (v[start] != v[end - 1]) last_reordering = f;  // sorting identical values keeps their order
       if (v[end - 1] <= v[start] + kFeatureThreshold) {
         std::swap(features_[f_j], features_[n_total]);
@@ -197,29 +196,86 @@ class TreeBuilder {
       }
       --f_i;
       std::swap(features_[f_i], features_[f_j]);
-      double sum_left = 0.0, w_left = 0.0;
-      int64_t pos = start, p = start;
-      while (true) {  // candidate positions p: v[p] > v[p - 1] + FEATURE_THRESHOLD
-        ++p;
-        while (p < end && v[p] <= v[p - 1] + kFeatureThreshold) ++p;
-        if (p >= end) break;
-        update(ix, end, pos, p, sum_left, w_left);
-        pos = p;
-        const double w_right = weighted_n_node_ - w_left, sum_right = sum_total_ - sum_left;
-        const double proxy = sum_left * sum_left / w_left + sum_right * sum_right / w_right;
-        if (proxy > best_proxy) {
-          best_proxy = proxy;
-          best.feature = f;
-          best.pos = p;
-          best.threshold = static_cast<double>(v[p - 1]) / 2.0 + static_cast<double>(v[p]) / 2.0;
-        }
-      }
+      scan_feature(start, end, f, best_proxy, best);
     }
     if (best.pos < end) finish_split(start, end, impurity, last_reordering, best);
     std::copy(constant_features_.begin(), constant_features_.begin() + n_known, features_.begin());
     std::copy(features_.begin() + n_known, features_.begin() + n_total, constant_features_.begin() + n_known);
     n_known_constants = n_total;
     return best;
+  }
+
+  // The split search over one feature (the loop body of node_split_best): candidate positions p have
+  // v[p] > v[p - 1] + FEATURE_THRESHOLD; the left sums move with Criterion.update; a candidate replaces
+  // the best when its proxy sum_l^2 / n_l + sum_r^2 / n_r is strictly larger. When every update moves
+  // forward (always, unless skipped positions lie near the end), sum_left at p is the running sum of
+  // the first p targets and the proxies of all positions are computed at once (vectorized, the same
+  // IEEE operations); otherwise Criterion.update is replayed step by step.
+  void scan_feature(int64_t start, int64_t end, int64_t f, double& best_proxy, Split& best) {
+    const int64_t N = d_.N, n = end - start;
+    const float* __restrict v = val_.data() + f * N + start;
+    const int32_t* __restrict ix = idx_.data() + f * N + start;
+    const double* __restrict y = y_;
+    double* __restrict sl = sum_left_.data();
+    double* __restrict proxy = proxy_.data();
+    uint8_t* __restrict candidate = candidate_.data();
+    double running = 0.0;
+    sl[0] = 0.0;
+    for (int64_t j = 1; j < n; ++j) {
+      running += 1.0 * y[ix[j - 1]];
+      sl[j] = running;
+    }
+    int64_t skipped = 0;
+    for (int64_t j = 1; j < n; ++j) {
+      candidate[j] = v[j] > v[j - 1] + kFeatureThreshold;
+      skipped += 1 - candidate[j];
+    }
+    if (skipped > 0) {  // an update goes back from the end iff p - (previous candidate) > end - p
+      for (int64_t j = 1, previous = 0; j < n; ++j) {
+        if (!candidate[j]) continue;
+        if (j - previous > n - j) return scan_feature_replay(start, end, f, best_proxy, best);
+        previous = j;
+      }
+    }
+    const double total = sum_total_, w_node = weighted_n_node_;
+    for (int64_t j = 1; j < n; ++j) {
+      const double w_left = static_cast<double>(j), w_right = w_node - w_left, sum_right = total - sl[j];
+      proxy[j] = sl[j] * sl[j] / w_left + sum_right * sum_right / w_right;
+    }
+    int64_t arg = 0;
+    double max_proxy = best_proxy;
+    for (int64_t j = 1; j < n; ++j) {
+      if (proxy[j] > max_proxy && candidate[j]) {
+        max_proxy = proxy[j];
+        arg = j;
+      }
+    }
+    if (arg > 0) set_best(f, start + arg, v[arg - 1], v[arg], max_proxy, best_proxy, best);
+  }
+
+  void scan_feature_replay(int64_t start, int64_t end, int64_t f, double& best_proxy, Split& best) {
+    const float* v = val_.data() + f * d_.N;
+    const int32_t* ix = idx_.data() + f * d_.N;
+    double sum_left = 0.0, w_left = 0.0;
+    int64_t pos = start, p = start;
+    while (true) {
+      ++p;
+      while (p < end && v[p] <= v[p - 1] + kFeatureThreshold) ++p;
+      if (p >= end) break;
+      update(ix, end, pos, p, sum_left, w_left);
+      pos = p;
+      const double w_right = weighted_n_node_ - w_left, sum_right = sum_total_ - sum_left;
+      const double proxy = sum_left * sum_left / w_left + sum_right * sum_right / w_right;
+      if (proxy > best_proxy) set_best(f, p, v[p - 1], v[p], proxy, best_proxy, best);
+    }
+  }
+
+  static void set_best(int64_t f, int64_t pos, float below, float above, double proxy, double& best_proxy,
+                       Split& best) {
+    best_proxy = proxy;
+    best.feature = f;
+    best.pos = pos;
+    best.threshold = static_cast<double>(below) / 2.0 + static_cast<double>(above) / 2.0;  // sum of halves
   }
 
   // partition_samples_final, the children's impurities and the improvement of the chosen split; then
@@ -281,113 +337,217 @@ class TreeBuilder {
   std::vector<int32_t> tmp_idx_;
   std::vector<float> tmp_val_;
   std::vector<int64_t> features_, constant_features_;
-  std::vector<double> imp_, weight_;
-  const double* y_ = nullptr;
-  int64_t y_stride_ = 1;
+  std::vector<double> imp_, weight_;    // per node: impurity, weighted samples
+  std::vector<double> sum_left_, proxy_;  // scan_feature's running sums and proxies per position
+  std::vector<uint8_t> candidate_;
+  const double* y_ = nullptr;      // targets [N] of the tree being built
   uint32_t rand_state_ = 0;
   double sum_total_ = 0.0, sq_sum_total_ = 0.0, weighted_n_node_ = 0.0;
 };
+
+// numpy's float64 sum of a contiguous array (np.add.reduce: 0.0 + pairwise sum, blocks of 128 with
+// 8 accumulators), so that leaf values round as sklearn's np.average.
+double numpy_pairwise_sum(const double* a, int64_t n) {
+  if (n < 8) {
+    double res = 0.0;
+    for (int64_t i = 0; i < n; ++i) res += a[i];
+    return res;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    int64_t i = 8;
+    for (; i < n - (n % 8); i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return numpy_pairwise_sum(a, n2) + numpy_pairwise_sum(a + n2, n - n2);
+}
+double numpy_sum(const double* a, int64_t n) { return 0.0 + numpy_pairwise_sum(a, n); }
+
+// Negative gradient of sklearn's log loss for row i of raw [N, T]: T = K > 2: y_k - softmax(raw)_k
+// (HalfMultinomialLoss); T = 1 (K = 2): y - expit(raw) (HalfBinomialLoss); sklearn's formulas.
+void negative_gradient_row(const double* ri, int64_t label, int64_t T, double* p, double* gi) {
+  if (T == 1) {
+    const double yt = static_cast<double>(label);
+    double grad;
+    if (ri[0] > -37) {
+      const double e = std::exp(-ri[0]);
+      grad = ((1 - yt) - yt * e) / (1 + e);
+    } else {
+      grad = std::exp(ri[0]) - yt;
+    }
+    gi[0] = -grad;
+    return;
+  }
+  double max_value = ri[0], sum_exps = 0.0;
+  for (int64_t k = 1; k < T; ++k)
+    if (max_value < ri[k]) max_value = ri[k];
+  for (int64_t k = 0; k < T; ++k) {
+    p[k] = std::exp(ri[k] - max_value);
+    sum_exps += p[k];
+  }
+  for (int64_t k = 0; k < T; ++k) {
+    p[k] /= sum_exps;
+    gi[k] = -(p[k] - static_cast<double>(label == k));
+  }
+}
+
+// sklearn's _update_terminal_regions: per leaf one Newton step mean(g) / mean(p (1 - p)) with
+// g = y - p the negative gradient (times (K - 1) / K for K > 2), 0 if |denominator| < 1e-150; each
+// leaf's samples in increasing index order, means as np.average.
+void leaf_values(const Tree& tree, int64_t N, const double* y, const double* g, int64_t num_classes,
+                 double* value, std::vector<int64_t>& bounds, std::vector<double>& ga, std::vector<double>& ha) {
+  const int64_t n_nodes = tree.node_count;
+  bounds.assign(n_nodes + 1, 0);
+  for (int64_t i = 0; i < N; ++i) ++bounds[tree.leaf_of_sample[i] + 1];
+  for (int64_t j = 0; j < n_nodes; ++j) bounds[j + 1] += bounds[j];
+  std::vector<int64_t> next(bounds.begin(), bounds.end() - 1);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t at = next[tree.leaf_of_sample[i]]++;
+    ga[at] = g[i];
+    const double prob = y[i] - g[i];
+    ha[at] = prob * (1 - prob);
+  }
+  for (int64_t j = 0; j < n_nodes; ++j) {
+    value[j] = 0.0;
+    const int64_t n = bounds[j + 1] - bounds[j];
+    if (tree.left[j] >= 0 || n == 0) continue;
+    double numerator = numpy_sum(ga.data() + bounds[j], n) / static_cast<double>(n);
+    if (num_classes > 2) numerator *= static_cast<double>(num_classes - 1) / static_cast<double>(num_classes);
+    const double denominator = numpy_sum(ha.data() + bounds[j], n) / static_cast<double>(n);
+    value[j] = std::abs(denominator) < 1e-150 ? 0.0 : numerator / denominator;
+  }
+}
 
 void check_cpu(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.dim() == dim && t.is_contiguous(),
               "dgmfast: gbt: ", name, " must be a contiguous CPU ", dim, "-D ", c10::toString(dtype), " tensor");
 }
 
-// Fits T = targets.size(1) trees (one per column of targets [N, T], each with its rand_r seed) on x
-// [N, F] float32 given order [F, N] int32 (stable argsort of each column) and the sorted values [F, N].
-// Returns feature, threshold, children_left, children_right [T, 2^(max_depth+1)-1] (unused nodes -1),
-// node_count [T], leaf_of_sample [T, N], importance [T, F].
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gbt_fit_trees_cpu(
-    const at::Tensor& x, const at::Tensor& order, const at::Tensor& values, const at::Tensor& targets,
-    const at::Tensor& seeds, int64_t max_depth) {
+// One boosting stage of GradientBoostingClassifier (sklearn's _fit_stage): the negative gradient at raw
+// [N, T] (T = 1 for two classes, else T = K), one regression tree per column with its splitter seed
+// seeds[t], Newton leaf values, and raw[:, t] += learning_rate * value[leaf] in place. x [N, F] float32,
+// order [F, N] int32 (stable argsort of each column), values [F, N] the sorted x, labels [N] in 0..K-1.
+// Returns feature, threshold, children_left, children_right, value [T, 2^(max_depth+1)-1] (slots past
+// node_count: -1), node_count [T], importance [T, F] (each tree's unnormalized impurity decreases).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gbt_fit_stage_cpu(
+    const at::Tensor& x, const at::Tensor& order, const at::Tensor& values, const at::Tensor& labels,
+    const at::Tensor& raw, const at::Tensor& seeds, int64_t num_classes, int64_t max_depth, double learning_rate) {
   check_cpu(x, at::kFloat, 2, "x");
   check_cpu(order, at::kInt, 2, "order");
   check_cpu(values, at::kFloat, 2, "values");
-  check_cpu(targets, at::kDouble, 2, "targets");
+  check_cpu(labels, at::kLong, 1, "labels");
+  check_cpu(raw, at::kDouble, 2, "raw");
   check_cpu(seeds, at::kLong, 1, "seeds");
-  const int64_t N = x.size(0), F = x.size(1), T = targets.size(1);
-  TORCH_CHECK(order.size(0) == F && order.size(1) == N && values.sizes() == order.sizes() &&
-                  targets.size(0) == N && seeds.size(0) == T,
-              "dgmfast: gbt_fit_trees: shapes do not match x [N, F]");
-  TORCH_CHECK(N > 0 && N < (int64_t{1} << 31) && F > 0, "dgmfast: gbt_fit_trees: need 0 < N < 2^31 and F > 0");
-  TORCH_CHECK(max_depth >= 1 && max_depth <= 20, "dgmfast: gbt_fit_trees: max_depth must be in 1..20");
+  const int64_t N = x.size(0), F = x.size(1), T = raw.size(1);
+  TORCH_CHECK(order.size(0) == F && order.size(1) == N && values.sizes() == order.sizes() && labels.size(0) == N &&
+                  raw.size(0) == N && seeds.size(0) == T,
+              "dgmfast: gbt_fit_stage: shapes do not match x [N, F]");
+  TORCH_CHECK(num_classes >= 2 && T == (num_classes == 2 ? 1 : num_classes),
+              "dgmfast: gbt_fit_stage: raw must have 1 column for 2 classes, else one per class");
+  TORCH_CHECK(N > 0 && N < (int64_t{1} << 31) && F > 0, "dgmfast: gbt_fit_stage: need 0 < N < 2^31 and F > 0");
+  TORCH_CHECK(max_depth >= 1 && max_depth <= 20, "dgmfast: gbt_fit_stage: max_depth must be in 1..20");
   const int64_t M = TreeBuilder::max_nodes(max_depth);
   auto opts = x.options().dtype(at::kLong);
   at::Tensor feature = at::full({T, M}, -1, opts), left = at::full({T, M}, -1, opts), right = at::full({T, M}, -1, opts);
   at::Tensor threshold = at::full({T, M}, -1.0, x.options().dtype(at::kDouble));
+  at::Tensor value = at::full({T, M}, -1.0, x.options().dtype(at::kDouble));
   at::Tensor node_count = at::empty({T}, opts), leaf = at::empty({T, N}, opts);
   at::Tensor importance = at::empty({T, F}, x.options().dtype(at::kDouble));
+  at::Tensor neg_grad = at::empty({T, N}, raw.options());     // transposed: one contiguous row per tree
+  double* r = raw.data_ptr<double>();
+  double* g = neg_grad.data_ptr<double>();
+  const int64_t* label = labels.data_ptr<int64_t>();
+  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+    std::vector<double> p(T), gi(T);
+    for (int64_t i = i0; i < i1; ++i) {
+      negative_gradient_row(r + i * T, label[i], T, p.data(), gi.data());
+      for (int64_t t = 0; t < T; ++t) g[t * N + i] = gi[t];
+    }
+  });
   const SortedFeatures data{x.data_ptr<float>(), order.data_ptr<int32_t>(), values.data_ptr<float>(), N, F};
-  const double* y = targets.data_ptr<double>();
   const int64_t* seed = seeds.data_ptr<int64_t>();
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     TreeBuilder builder(data, max_depth);
+    std::vector<double> y(N), ga(N), ha(N);
+    std::vector<int64_t> bounds;
     for (int64_t t = t0; t < t1; ++t) {
       Tree tree{feature.data_ptr<int64_t>() + t * M, threshold.data_ptr<double>() + t * M,
                 left.data_ptr<int64_t>() + t * M,   right.data_ptr<int64_t>() + t * M,
                 leaf.data_ptr<int64_t>() + t * N,   importance.data_ptr<double>() + t * F};
-      builder.build(y + t, T, static_cast<uint32_t>(seed[t]), tree);
+      builder.build(g + t * N, static_cast<uint32_t>(seed[t]), tree);
       node_count.data_ptr<int64_t>()[t] = tree.node_count;
+      for (int64_t i = 0; i < N; ++i) y[i] = T == 1 ? static_cast<double>(label[i]) : static_cast<double>(label[i] == t);
+      leaf_values(tree, N, y.data(), g + t * N, num_classes, value.data_ptr<double>() + t * M, bounds, ga, ha);
     }
   });
-  return {feature, threshold, left, right, node_count, leaf, importance};
+  const double* v = value.data_ptr<double>();
+  const int64_t* lf = leaf.data_ptr<int64_t>();
+  at::parallel_for(0, N, 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t t = 0; t < T; ++t) r[i * T + t] += learning_rate * v[t * M + lf[t * N + i]];
+  });
+  return {feature, threshold, left, right, value, node_count, importance};
 }
 
-// Negative gradient of sklearn's log loss at raw predictions raw [N, T] for labels y [N] in 0..K-1:
-// T = K > 2: y_k - softmax(raw)_k (HalfMultinomialLoss); T = 1 (K = 2): y - expit(raw) (HalfBinomialLoss),
-// with sklearn's formulas and order of operations.
-at::Tensor gbt_negative_gradient_cpu(const at::Tensor& raw, const at::Tensor& y) {
-  check_cpu(raw, at::kDouble, 2, "raw");
-  check_cpu(y, at::kLong, 1, "y");
-  const int64_t N = raw.size(0), T = raw.size(1);
-  TORCH_CHECK(y.size(0) == N && T != 2, "dgmfast: gbt_negative_gradient: raw [N, T] (T = 1 or K > 2), y [N]");
-  at::Tensor out = at::empty_like(raw);
-  const double* r = raw.data_ptr<double>();
-  const int64_t* label = y.data_ptr<int64_t>();
-  double* g = out.data_ptr<double>();
-  at::parallel_for(0, N, 1024, [&](int64_t i0, int64_t i1) {
-    std::vector<double> p(T);
+// Raw predictions [N, T] of the fitted stages for x [N, F] float32 (sklearn's predict_stages): init [T]
+// plus, stage after stage, learning_rate * value of the leaf x reaches in each tree (x <= threshold:
+// left). Trees as gbt_fit_stage returns them, stacked over stages: [S, T, M].
+at::Tensor gbt_decision_function_cpu(const at::Tensor& x, const at::Tensor& feature, const at::Tensor& threshold,
+                                     const at::Tensor& left, const at::Tensor& right, const at::Tensor& value,
+                                     const at::Tensor& init, double learning_rate) {
+  check_cpu(x, at::kFloat, 2, "x");
+  check_cpu(feature, at::kLong, 3, "feature");
+  check_cpu(threshold, at::kDouble, 3, "threshold");
+  check_cpu(left, at::kLong, 3, "children_left");
+  check_cpu(right, at::kLong, 3, "children_right");
+  check_cpu(value, at::kDouble, 3, "value");
+  check_cpu(init, at::kDouble, 1, "init");
+  const int64_t N = x.size(0), F = x.size(1), S = feature.size(0), T = feature.size(1), M = feature.size(2);
+  for (const at::Tensor* t : {&threshold, &left, &right, &value})
+    TORCH_CHECK(t->sizes() == feature.sizes(), "dgmfast: gbt_decision_function: tree arrays must have one shape");
+  TORCH_CHECK(init.size(0) == T, "dgmfast: gbt_decision_function: init must have one value per tree of a stage");
+  at::Tensor raw = at::empty({N, T}, init.options());
+  const float* xp = x.data_ptr<float>();
+  const int64_t *fp = feature.data_ptr<int64_t>(), *lp = left.data_ptr<int64_t>(), *rp = right.data_ptr<int64_t>();
+  const double *tp = threshold.data_ptr<double>(), *vp = value.data_ptr<double>(), *ip = init.data_ptr<double>();
+  double* out = raw.data_ptr<double>();
+  at::parallel_for(0, N, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const double* ri = r + i * T;
-      double* gi = g + i * T;
-      if (T == 1) {
-        const double yt = static_cast<double>(label[i]);
-        double grad;
-        if (ri[0] > -37) {
-          const double e = std::exp(-ri[0]);
-          grad = ((1 - yt) - yt * e) / (1 + e);
-        } else {
-          grad = std::exp(ri[0]) - yt;
+      const float* xi = xp + i * F;
+      double* oi = out + i * T;
+      for (int64_t t = 0; t < T; ++t) oi[t] = ip[t];
+      for (int64_t st = 0; st < S * T; ++st) {
+        const int64_t base = st * M;
+        int64_t node = 0;
+        while (lp[base + node] >= 0) {
+          const int64_t f = fp[base + node];
+          TORCH_CHECK(f >= 0 && f < F, "dgmfast: gbt_decision_function: feature index out of range");
+          node = static_cast<double>(xi[f]) <= tp[base + node] ? lp[base + node] : rp[base + node];
         }
-        gi[0] = -grad;
-        continue;
-      }
-      double max_value = ri[0], sum_exps = 0.0;
-      for (int64_t k = 1; k < T; ++k)
-        if (max_value < ri[k]) max_value = ri[k];
-      for (int64_t k = 0; k < T; ++k) {
-        p[k] = std::exp(ri[k] - max_value);
-        sum_exps += p[k];
-      }
-      for (int64_t k = 0; k < T; ++k) {
-        p[k] /= sum_exps;
-        gi[k] = -(p[k] - static_cast<double>(label[i] == k));
+        oi[st % T] += learning_rate * vp[base + node];
       }
     }
   });
-  return out;
+  return raw;
 }
 
 }  // namespace
 }  // namespace dgm::cpu
 
 TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
-  m.def("gbt_fit_trees(Tensor x, Tensor order, Tensor values, Tensor targets, Tensor seeds, int max_depth) -> "
-        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("gbt_negative_gradient(Tensor raw, Tensor y) -> Tensor");
+  m.def("gbt_fit_stage(Tensor x, Tensor order, Tensor values, Tensor labels, Tensor(a!) raw, Tensor seeds, "
+        "int num_classes, int max_depth, float learning_rate) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("gbt_decision_function(Tensor x, Tensor feature, Tensor threshold, Tensor children_left, "
+        "Tensor children_right, Tensor value, Tensor init, float learning_rate) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
-  m.impl("gbt_fit_trees", &dgm::cpu::gbt_fit_trees_cpu);
-  m.impl("gbt_negative_gradient", &dgm::cpu::gbt_negative_gradient_cpu);
+  m.impl("gbt_fit_stage", &dgm::cpu::gbt_fit_stage_cpu);
+  m.impl("gbt_decision_function", &dgm::cpu::gbt_decision_function_cpu);
 }

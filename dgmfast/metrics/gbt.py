@@ -2,8 +2,8 @@
 rate 0.1; sklearn 1.9's algorithm) re-implemented for DCI: same trees, `feature_importances_` and
 `predict`, about 20x faster. The trees of a stage (one per class, or one for two classes) are built
 together in C++ (`csrc/cpu/gbt.cpp`: features sorted once, sklearn's split search and rand_r feature
-order replayed); the boosting (init from class priors, Newton leaf values, raw predictions) is here,
-with sklearn's numpy operations.
+order replayed, Newton leaf values with numpy's summation order), one call per stage; the init from
+the class priors, the seeds and the predictions are here.
 
 Equality with sklearn (tested): on features without ties (continuous codes) every sum is accumulated
 in sklearn's order, so trees and predictions are identical and importances equal to rounding. With
@@ -48,44 +48,30 @@ class GradientBoostedTrees:
         self.n_features_in_ = x.shape[1]
         order = np.argsort(x, axis=0, kind="stable").T.astype(np.int32)
         values = np.take_along_axis(x.T, order, axis=1)
-        xt, ordert, valuest = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, order, values))
-        labels_t = torch.from_numpy(labels.astype(np.int64))
+        x_t, order_t, values_t, labels_t = (torch.from_numpy(np.ascontiguousarray(a))
+                                            for a in (x, order, values, labels.astype(np.int64)))
         rng = check_random_state(self.random_state)
         num_trees = 1 if k == 2 else k
-        onehot = (labels[:, None] == np.arange(k)[None, :]).astype(np.float64) if k > 2 else labels[:, None] * 1.0
         self.init_raw_ = _init_raw_prediction(labels, k)
-        raw = np.tile(self.init_raw_, (len(x), 1))
-        self.stages_, importances = [], []
+        raw = torch.from_numpy(np.tile(self.init_raw_, (len(x), 1)))
+        stages, importances = [], []
         for _ in range(self.n_estimators):
             seeds = torch.tensor([rng.randint(0, RAND_R_MAX) for _ in range(num_trees)], dtype=torch.int64)
-            neg_grad = torch.ops.dgmfast_C.gbt_negative_gradient(torch.from_numpy(raw), labels_t).numpy()
-            feature, threshold, left, right, node_count, leaf, importance = (
-                t.numpy() for t in torch.ops.dgmfast_C.gbt_fit_trees(xt, ordert, valuest,
-                                                                      torch.from_numpy(neg_grad), seeds,
-                                                                      self.max_depth))
-            value = np.zeros(threshold.shape)
-            for t in range(num_trees):
-                value[t] = _leaf_values(leaf[t], left[t], onehot[:, t], neg_grad[:, t], k, len(value[t]))
-                raw[:, t] += self.learning_rate * value[t].take(leaf[t], axis=0)
-            self.stages_.append((feature, threshold, left, right, value))
+            feature, threshold, left, right, value, node_count, importance = (
+                t.numpy() for t in torch.ops.dgmfast_C.gbt_fit_stage(x_t, order_t, values_t, labels_t, raw, seeds, k,
+                                                                      self.max_depth, self.learning_rate))
+            stages.append((feature, threshold, left, right, value))
             importances.extend(importance[node_count > 1])
+        # feature, threshold, children_left, children_right, value: [n_estimators, trees per stage, nodes]
+        self.trees_ = tuple(torch.from_numpy(np.stack(arrays)) for arrays in zip(*stages))
         self.feature_importances_ = _average_importances(importances, self.n_features_in_)
         return self
 
     def decision_function(self, X):
         """Raw predictions `[N, K]` (`[N]` for two classes), as sklearn's."""
-        x = np.ascontiguousarray(X, dtype=np.float32)
-        raw = np.tile(self.init_raw_, (len(x), 1))
-        rows = np.arange(len(x))[:, None]
-        for feature, threshold, left, right, value in self.stages_:
-            node = np.zeros((len(x), len(feature)), dtype=np.int64)         # [N, T]
-            trees = np.arange(len(feature))[None, :]
-            for _ in range(self.max_depth):
-                f = feature[trees, node]
-                inner = f >= 0
-                go_left = x[rows, np.maximum(f, 0)] <= threshold[trees, node]
-                node = np.where(inner, np.where(go_left, left[trees, node], right[trees, node]), node)
-            raw += self.learning_rate * value[trees, node]
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        raw = torch.ops.dgmfast_C.gbt_decision_function(x, *self.trees_, torch.from_numpy(self.init_raw_),
+                                                        self.learning_rate).numpy()
         return raw[:, 0] if raw.shape[1] == 1 else raw
 
     def predict(self, X):
@@ -106,28 +92,6 @@ def _init_raw_prediction(labels, k):
         return logit(np.clip(prior[1:], eps, 1 - eps))
     p = np.clip(prior[None, :], eps, 1 - eps)
     return np.log(p / gmean(p, axis=1)[:, None])[0]
-
-
-def _leaf_values(leaf, left, y, neg_grad, k, num_nodes):
-    """One Newton step per leaf (sklearn's `_update_terminal_regions`): `sum(g) / sum(p (1 - p))`
-    with `g = y - p` the negative gradient, times `(K - 1) / K` for K > 2 classes; 0 where the
-    denominator is below 1e-150."""
-    value = np.zeros(num_nodes)
-    order = np.argsort(leaf, kind="stable")                 # each leaf's samples in increasing order
-    bounds = np.searchsorted(leaf[order], np.arange(num_nodes + 1))
-    for node in np.flatnonzero(left == -1):
-        idx = order[bounds[node]:bounds[node + 1]]
-        if len(idx) == 0:                                   # an unused slot of the [2^(depth+1) - 1] layout
-            continue
-        g = neg_grad.take(idx, axis=0)
-        prob = y.take(idx, axis=0) - g
-        ones = np.ones(len(idx))
-        numerator = np.average(g, weights=ones)
-        if k > 2:
-            numerator *= (k - 1) / k
-        denominator = np.average(prob * (1 - prob), weights=ones)
-        value[node] = 0.0 if abs(denominator) < 1e-150 else float(numerator) / float(denominator)
-    return value
 
 
 def _average_importances(importances, num_features):
