@@ -230,27 +230,28 @@ class TreeBuilder {
       candidate[j] = v[j] > v[j - 1] + kFeatureThreshold;
       skipped += 1 - candidate[j];
     }
-    if (skipped > 0) {  // an update goes back from the end iff p - (previous candidate) > end - p
-      for (int64_t j = 1, previous = 0; j < n; ++j) {
-        if (!candidate[j]) continue;
-        if (j - previous > n - j) return scan_feature_replay(start, end, f, best_proxy, best);
-        previous = j;
-      }
+    // An update goes back from the end iff p - (previous candidate) > end - p, which needs a run of
+    // skipped positions longer than end - p: only the last `skipped` positions can do it.
+    for (int64_t j = std::max<int64_t>(1, n - skipped); j < n; ++j) {
+      if (!candidate[j]) continue;
+      int64_t previous = j - 1;
+      while (previous > 0 && !candidate[previous]) --previous;
+      if (j - previous > n - j) return scan_feature_replay(start, end, f, best_proxy, best);
     }
     const double total = sum_total_, w_node = weighted_n_node_;
     for (int64_t j = 1; j < n; ++j) {
       const double w_left = static_cast<double>(j), w_right = w_node - w_left, sum_right = total - sl[j];
       proxy[j] = sl[j] * sl[j] / w_left + sum_right * sum_right / w_right;
     }
-    int64_t arg = 0;
-    double max_proxy = best_proxy;
-    for (int64_t j = 1; j < n; ++j) {
-      if (proxy[j] > max_proxy && candidate[j]) {
-        max_proxy = proxy[j];
-        arg = j;
-      }
-    }
-    if (arg > 0) set_best(f, start + arg, v[arg - 1], v[arg], max_proxy, best_proxy, best);
+    if (skipped > 0)
+      for (int64_t j = 1; j < n; ++j) proxy[j] = candidate[j] ? proxy[j] : -INFINITY;
+    // The sequential scan keeps the first position of the largest proxy, if it beats best_proxy.
+    double max_proxy = -INFINITY;
+    for (int64_t j = 1; j < n; ++j) max_proxy = proxy[j] > max_proxy ? proxy[j] : max_proxy;
+    if (!(max_proxy > best_proxy)) return;
+    int64_t arg = 1;
+    while (proxy[arg] != max_proxy) ++arg;
+    set_best(f, start + arg, v[arg - 1], v[arg], max_proxy, best_proxy, best);
   }
 
   void scan_feature_replay(int64_t start, int64_t end, int64_t f, double& best_proxy, Split& best) {
@@ -314,14 +315,16 @@ class TreeBuilder {
       int32_t* ix = idx_.data() + f * N;
       float* v = val_.data() + f * N;
       int64_t l = start, r = 0;
-      for (int64_t p = start; p < end; ++p) {
-        if (go_left_[ix[p]]) {
-          ix[l] = ix[p];
-          v[l++] = v[p];
-        } else {
-          tmp_idx_[r] = ix[p];
-          tmp_val_[r++] = v[p];
-        }
+      for (int64_t p = start; p < end; ++p) {  // branch-free: l <= p, so ix[l] is already read
+        const int32_t id = ix[p];
+        const float value = v[p];
+        const bool to_left = go_left_[id];
+        ix[l] = id;
+        v[l] = value;
+        tmp_idx_[r] = id;
+        tmp_val_[r] = value;
+        l += to_left;
+        r += !to_left;
       }
       std::copy(tmp_idx_.begin(), tmp_idx_.begin() + r, ix + l);
       std::copy(tmp_val_.begin(), tmp_val_.begin() + r, v + l);
@@ -512,6 +515,8 @@ at::Tensor gbt_decision_function_cpu(const at::Tensor& x, const at::Tensor& feat
   for (const at::Tensor* t : {&threshold, &left, &right, &value})
     TORCH_CHECK(t->sizes() == feature.sizes(), "dgmfast: gbt_decision_function: tree arrays must have one shape");
   TORCH_CHECK(init.size(0) == T, "dgmfast: gbt_decision_function: init must have one value per tree of a stage");
+  TORCH_CHECK(feature.lt(F).all().item<bool>() && left.lt(M).all().item<bool>() && right.lt(M).all().item<bool>(),
+              "dgmfast: gbt_decision_function: node or feature index out of range");
   at::Tensor raw = at::empty({N, T}, init.options());
   const float* xp = x.data_ptr<float>();
   const int64_t *fp = feature.data_ptr<int64_t>(), *lp = left.data_ptr<int64_t>(), *rp = right.data_ptr<int64_t>();
@@ -526,9 +531,7 @@ at::Tensor gbt_decision_function_cpu(const at::Tensor& x, const at::Tensor& feat
         const int64_t base = st * M;
         int64_t node = 0;
         while (lp[base + node] >= 0) {
-          const int64_t f = fp[base + node];
-          TORCH_CHECK(f >= 0 && f < F, "dgmfast: gbt_decision_function: feature index out of range");
-          node = static_cast<double>(xi[f]) <= tp[base + node] ? lp[base + node] : rp[base + node];
+          node = static_cast<double>(xi[fp[base + node]]) <= tp[base + node] ? lp[base + node] : rp[base + node];
         }
         oi[st % T] += learning_rate * vp[base + node];
       }
