@@ -59,14 +59,14 @@ def test_equals_sklearn_with_other_hyper_parameters_and_labels():
 
 def test_replayed_updates_near_the_end_of_a_node():
     """A candidate split after a skipped position (two values within sklearn's FEATURE_THRESHOLD
-    1e-7, but distinct: no tie) close to the end makes Criterion.update go back from the end:
-    the step-by-step replay path. Without such values every scan takes the vectorized path."""
+    1e-7, but distinct: no tie) just before the end makes Criterion.update go back from the end:
+    the step-by-step replay path (elsewhere every scan takes the vectorized path)."""
     x, y = codes(500, 5, 3, seed=7)
-    top = np.argsort(x[:, 0])[-3:]                  # 3rd and 2nd largest: 1 float32 ulp apart near 8
-    x[top[0], 0] = np.float32(8.0)
-    x[top[1], 0] = np.nextafter(np.float32(8.0), np.float32(9.0))
-    x[top[2], 0] = 9.0
-    assert np.float32(x[top[1], 0]) - np.float32(x[top[0], 0]) < 1e-6
+    x[:, 0] = x[:, 0] / 10 - 0.5                        # all below 0.5 ...
+    top = np.argsort(x[:, 0])[-3:]                      # ... except the three largest, sorted:
+    x[top, 0] = [0.5, np.nextafter(np.float32(0.5), np.float32(1)), 1.0]
+    gap = np.diff(np.sort(x[:, 0].astype(np.float32))[-3:])
+    assert 0 < gap[0] <= 1e-7 < gap[1]                  # skipped, then a candidate 2 steps on, 1 from the end
     ours, ref = fit_both(x, y)
     assert_same_model(ours, ref, x)
 

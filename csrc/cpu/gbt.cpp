@@ -8,6 +8,8 @@
 // splits included: sklearn's per-node feature permutation from its rand_r stream is replayed) comes
 // out the same. dgmfast/metrics/gbt.py drives the boosting stages (leaf values, raw predictions).
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
@@ -230,13 +232,19 @@ class TreeBuilder {
       candidate[j] = v[j] > v[j - 1] + kFeatureThreshold;
       skipped += 1 - candidate[j];
     }
-    // An update goes back from the end iff p - (previous candidate) > end - p, which needs a run of
-    // skipped positions longer than end - p: only the last `skipped` positions can do it.
-    for (int64_t j = std::max<int64_t>(1, n - skipped); j < n; ++j) {
-      if (!candidate[j]) continue;
-      int64_t previous = j - 1;
+    // An update goes back from the end iff p - (previous candidate) > end - p, only possible past
+    // the middle (branch-free: skipped positions are frequent on codes of a narrow range).
+    if (skipped > 0) {
+      const int64_t middle = n / 2;
+      int64_t previous = middle;
       while (previous > 0 && !candidate[previous]) --previous;
-      if (j - previous > n - j) return scan_feature_replay(start, end, f, best_proxy, best);
+      bool backward = false;
+      for (int64_t j = middle + 1; j < n; ++j) {
+        const bool is_candidate = candidate[j];
+        backward |= is_candidate & (j - previous > n - j);
+        previous = is_candidate ? j : previous;
+      }
+      if (backward) return scan_feature_replay(start, end, f, best_proxy, best);
     }
     const double total = sum_total_, w_node = weighted_n_node_;
     for (int64_t j = 1; j < n; ++j) {
@@ -246,8 +254,13 @@ class TreeBuilder {
     if (skipped > 0)
       for (int64_t j = 1; j < n; ++j) proxy[j] = candidate[j] ? proxy[j] : -INFINITY;
     // The sequential scan keeps the first position of the largest proxy, if it beats best_proxy.
-    double max_proxy = -INFINITY;
-    for (int64_t j = 1; j < n; ++j) max_proxy = proxy[j] > max_proxy ? proxy[j] : max_proxy;
+    // (Proxies are never NaN, so a vector maximum finds the same largest value.)
+    using Vec = at::vec::Vectorized<double>;
+    Vec vmax(-INFINITY);
+    int64_t j = 1;
+    for (; j + Vec::size() <= n; j += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(proxy + j));
+    double max_proxy = at::vec::vec_reduce_all<double>([](Vec a, Vec b) { return at::vec::maximum(a, b); }, vmax);
+    for (; j < n; ++j) max_proxy = proxy[j] > max_proxy ? proxy[j] : max_proxy;
     if (!(max_proxy > best_proxy)) return;
     int64_t arg = 1;
     while (proxy[arg] != max_proxy) ++arg;
