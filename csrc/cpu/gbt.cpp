@@ -535,18 +535,22 @@ at::Tensor gbt_decision_function_cpu(const at::Tensor& x, const at::Tensor& feat
   const int64_t *fp = feature.data_ptr<int64_t>(), *lp = left.data_ptr<int64_t>(), *rp = right.data_ptr<int64_t>();
   const double *tp = threshold.data_ptr<double>(), *vp = value.data_ptr<double>(), *ip = init.data_ptr<double>();
   double* out = raw.data_ptr<double>();
-  at::parallel_for(0, N, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float* xi = xp + i * F;
-      double* oi = out + i * T;
-      for (int64_t t = 0; t < T; ++t) oi[t] = ip[t];
-      for (int64_t st = 0; st < S * T; ++st) {
-        const int64_t base = st * M;
-        int64_t node = 0;
-        while (lp[base + node] >= 0) {
-          node = static_cast<double>(xi[fp[base + node]]) <= tp[base + node] ? lp[base + node] : rp[base + node];
+  // Blocks of samples against one tree at a time: the tree stays in L1 while its block passes.
+  constexpr int64_t kBlock = 256;
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i0 = b0 * kBlock; i0 < std::min(N, b1 * kBlock); i0 += kBlock) {
+      const int64_t i1 = std::min(N, i0 + kBlock);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t t = 0; t < T; ++t) out[i * T + t] = ip[t];
+      for (int64_t st = 0; st < S * T; ++st) {  // stage after stage, as sklearn adds them
+        const int64_t base = st * M, t = st % T;
+        for (int64_t i = i0; i < i1; ++i) {
+          const float* xi = xp + i * F;
+          int64_t node = 0;
+          while (lp[base + node] >= 0)
+            node = static_cast<double>(xi[fp[base + node]]) <= tp[base + node] ? lp[base + node] : rp[base + node];
+          out[i * T + t] += learning_rate * vp[base + node];
         }
-        oi[st % T] += learning_rate * vp[base + node];
       }
     }
   });

@@ -61,10 +61,10 @@ class GradientBoostedTrees:
                 t.numpy() for t in torch.ops.dgmfast_C.gbt_fit_stage(x_t, order_t, values_t, labels_t, raw, seeds, k,
                                                                       self.max_depth, self.learning_rate))
             stages.append((feature, threshold, left, right, value))
-            importances.extend(importance[node_count > 1])
+            importances.append(importance[node_count > 1])
         # feature, threshold, children_left, children_right, value: [n_estimators, trees per stage, nodes]
         self.trees_ = tuple(torch.from_numpy(np.stack(arrays)) for arrays in zip(*stages))
-        self.feature_importances_ = _average_importances(importances, self.n_features_in_)
+        self.feature_importances_ = _average_importances(np.concatenate(importances), self.n_features_in_)
         return self
 
     def decision_function(self, X):
@@ -95,9 +95,9 @@ def _init_raw_prediction(labels, k):
 
 
 def _average_importances(importances, num_features):
-    """sklearn's `feature_importances_`: the mean over trees with a split of each tree's unnormalized
-    impurity decreases, normalized to sum 1 (zeros if no tree split)."""
-    if not importances:
+    """sklearn's `feature_importances_` from `[trees with a split, F]` unnormalized impurity decreases:
+    their mean, normalized to sum 1 (zeros if no tree split)."""
+    if len(importances) == 0:
         return np.zeros(num_features)
     mean = np.mean(importances, axis=0, dtype=np.float64)
     return mean / np.sum(mean)
