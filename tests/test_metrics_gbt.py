@@ -94,9 +94,15 @@ def test_tied_values_stay_close_to_sklearn():
     assert np.mean(ours.predict(x) == ref.predict(x)) > 0.99
 
 
-def test_needs_two_classes():
+def test_bad_inputs():
     with pytest.raises(ValueError, match="at least 2 classes"):
         gbt.GradientBoostedTrees().fit(np.zeros((5, 2)), np.ones(5))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        gbt.GradientBoostedTrees().fit(np.array([[0.0], [np.nan]]), [0, 1])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        gbt.GradientBoostedTrees().fit(np.array([[0.0], [1e39]]), [0, 1])     # inf in float32
+    with pytest.raises(ValueError, match="2-D"):
+        gbt.GradientBoostedTrees().fit(np.zeros(4), [0, 1, 0, 1])
 
 
 DATA = IdentityGroundTruth((3, 6, 10))

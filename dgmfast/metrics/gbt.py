@@ -40,7 +40,7 @@ class GradientBoostedTrees:
 
         if not available():
             raise RuntimeError(f"GradientBoostedTrees needs the compiled extension dgmfast._C ({_ext.extension_error()})")
-        x = np.ascontiguousarray(X, dtype=np.float32)          # sklearn's trees split float32 features
+        x = _as_features(X)
         self.classes_, labels = np.unique(np.asarray(y), return_inverse=True)
         k = len(self.classes_)
         if k < 2:
@@ -69,7 +69,7 @@ class GradientBoostedTrees:
 
     def decision_function(self, X):
         """Raw predictions `[N, K]` (`[N]` for two classes), as sklearn's."""
-        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        x = torch.from_numpy(_as_features(X))
         raw = torch.ops.dgmfast_C.gbt_decision_function(x, *self.trees_, torch.from_numpy(self.init_raw_),
                                                         self.learning_rate).numpy()
         return raw[:, 0] if raw.shape[1] == 1 else raw
@@ -78,6 +78,19 @@ class GradientBoostedTrees:
         raw = self.decision_function(X)
         encoded = (raw >= 0).astype(int) if raw.ndim == 1 else np.argmax(raw, axis=1)
         return self.classes_[encoded]
+
+
+def _as_features(X):
+    """float32 `[N, F]` (sklearn's trees split float32 features); like sklearn, NaN and values that
+    are infinite in float32 are refused."""
+    x = np.asarray(X, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"X must be 2-D [num_samples, num_features], got shape {list(x.shape)}")
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("X contains NaN or infinity (in float32)")
+    return x
 
 
 def _init_raw_prediction(labels, k):
