@@ -36,6 +36,7 @@ namespace {
 constexpr float kFeatureThreshold = 1e-7f;                            // sklearn's FEATURE_THRESHOLD
 constexpr double kEpsilon = std::numeric_limits<double>::epsilon();  // sklearn's EPSILON
 constexpr uint32_t kRandRMax = 0x7FFFFFFF;                            // sklearn's RAND_R_MAX
+constexpr int64_t kGroup = 4;  // features whose running sums are accumulated together
 
 // sklearn.utils._random.our_rand_r (xorshift32).
 inline uint32_t our_rand_r(uint32_t& state) {
@@ -76,7 +77,7 @@ class TreeBuilder {
   TreeBuilder(const SortedFeatures& data, int64_t max_depth)
       : d_(data), max_depth_(max_depth), idx_(data.F * data.N), val_(data.F * data.N), samples_(data.N),
         go_left_(data.N), tmp_idx_(data.N), tmp_val_(data.N), features_(data.F), constant_features_(data.F),
-        imp_(max_nodes(max_depth)), weight_(max_nodes(max_depth)), sum_left_(data.N), proxy_(data.N),
+        imp_(max_nodes(max_depth)), weight_(max_nodes(max_depth)), sum_left_(kGroup * data.N), proxy_(data.N),
         candidate_(data.N) {}
 
   static int64_t max_nodes(int64_t max_depth) { return (int64_t{2} << max_depth) - 1; }
@@ -110,7 +111,7 @@ class TreeBuilder {
       Split split;
       int64_t n_constant = rec.n_constant;
       if (!is_leaf) {
-        split = node_split(rec.start, rec.end, impurity, n_constant);
+        split = node_split(rec.start, rec.end, impurity, n_constant, rec.depth + 1 >= max_depth_);
         is_leaf = split.pos >= rec.end || split.improvement + kEpsilon < 0.0;  // min_impurity_decrease 0
       }
       const int64_t id = out.node_count++;
@@ -171,13 +172,14 @@ class TreeBuilder {
   }
 
   // BestSplitter.node_split (node_split_best) for samples[start:end].
-  Split node_split(int64_t start, int64_t end, double impurity, int64_t& n_known_constants) {
+  Split node_split(int64_t start, int64_t end, double impurity, int64_t& n_known_constants, bool leaf_children) {
     const int64_t F = d_.F, N = d_.N, n_known = n_known_constants;
     int64_t f_i = F, n_visited = 0, n_found = 0, n_drawn = 0, n_total = n_known;
     int64_t last_reordering = -1;  // last feature whose sort changed the order of samples[start:end]
     double best_proxy = -INFINITY;
     Split best;
     best.pos = end;
+    to_scan_.clear();
     while (f_i > n_total && (n_visited < F || n_visited <= n_found + n_drawn)) {
       ++n_visited;
       int64_t f_j = n_drawn + static_cast<int64_t>(our_rand_r(rand_state_)) % (f_i - n_found - n_drawn);
@@ -198,9 +200,21 @@ class TreeBuilder {
       }
       --f_i;
       std::swap(features_[f_i], features_[f_j]);
-      scan_feature(start, end, f, best_proxy, best);
+      to_scan_.push_back(f);
     }
-    if (best.pos < end) finish_split(start, end, impurity, last_reordering, best);
+    // The scans, in the order drawn; running sums kGroup features at a time (independent chains).
+    for (size_t s = 0; s < to_scan_.size(); s += kGroup) {
+      const int64_t group = std::min<int64_t>(kGroup, to_scan_.size() - s);
+      switch (group) {
+        case 1: running_sums<1>(start, end, &to_scan_[s]); break;
+        case 2: running_sums<2>(start, end, &to_scan_[s]); break;
+        case 3: running_sums<3>(start, end, &to_scan_[s]); break;
+        default: running_sums<4>(start, end, &to_scan_[s]); break;
+      }
+      for (int64_t g = 0; g < group; ++g)
+        scan_feature(start, end, to_scan_[s + g], sum_left_.data() + g * N, best_proxy, best);
+    }
+    if (best.pos < end) finish_split(start, end, impurity, last_reordering, leaf_children, best);
     std::copy(constant_features_.begin(), constant_features_.begin() + n_known, features_.begin());
     std::copy(features_.begin() + n_known, features_.begin() + n_total, constant_features_.begin() + n_known);
     n_known_constants = n_total;
@@ -213,20 +227,34 @@ class TreeBuilder {
   // forward (always, unless skipped positions lie near the end), sum_left at p is the running sum of
   // the first p targets and the proxies of all positions are computed at once (vectorized, the same
   // IEEE operations); otherwise Criterion.update is replayed step by step.
-  void scan_feature(int64_t start, int64_t end, int64_t f, double& best_proxy, Split& best) {
+  // sum_left_[g * N + j] = running sum of the first j targets of features[g] in sorted order (what
+  // forward updates accumulate), for G features at once.
+  template <int G>
+  void running_sums(int64_t start, int64_t end, const int64_t* features) {
+    const int64_t N = d_.N, n = end - start;
+    const double* __restrict y = y_;
+    const int32_t* ix[G];
+    double* sl[G];
+    double running[G];
+    for (int g = 0; g < G; ++g) {
+      ix[g] = idx_.data() + features[g] * N + start;
+      sl[g] = sum_left_.data() + g * N;
+      sl[g][0] = running[g] = 0.0;
+    }
+    for (int64_t j = 1; j < n; ++j) {
+      for (int g = 0; g < G; ++g) {
+        running[g] += 1.0 * y[ix[g][j - 1]];
+        sl[g][j] = running[g];
+      }
+    }
+  }
+
+  void scan_feature(int64_t start, int64_t end, int64_t f, const double* __restrict sl, double& best_proxy,
+                    Split& best) {
     const int64_t N = d_.N, n = end - start;
     const float* __restrict v = val_.data() + f * N + start;
-    const int32_t* __restrict ix = idx_.data() + f * N + start;
-    const double* __restrict y = y_;
-    double* __restrict sl = sum_left_.data();
     double* __restrict proxy = proxy_.data();
     uint8_t* __restrict candidate = candidate_.data();
-    double running = 0.0;
-    sl[0] = 0.0;
-    for (int64_t j = 1; j < n; ++j) {
-      running += 1.0 * y[ix[j - 1]];
-      sl[j] = running;
-    }
     int64_t skipped = 0;
     for (int64_t j = 1; j < n; ++j) {
       candidate[j] = v[j] > v[j - 1] + kFeatureThreshold;
@@ -293,8 +321,10 @@ class TreeBuilder {
   }
 
   // partition_samples_final, the children's impurities and the improvement of the chosen split; then
-  // every feature's sorted segment is partitioned stably into the children's segments.
-  void finish_split(int64_t start, int64_t end, double impurity, int64_t last_reordering, Split& best) {
+  // (unless the children are at max_depth) every feature's sorted segment is partitioned stably into
+  // the children's segments.
+  void finish_split(int64_t start, int64_t end, double impurity, int64_t last_reordering, bool leaf_children,
+                    Split& best) {
     const int64_t F = d_.F, N = d_.N;
     if (last_reordering >= 0) {
       const int32_t* ix = idx_.data() + last_reordering * N;
@@ -323,6 +353,7 @@ class TreeBuilder {
     best.improvement = (weighted_n_node_ / static_cast<double>(N)) *
                        (impurity - (w_right / weighted_n_node_ * best.impurity_right) -
                         (w_left / weighted_n_node_ * best.impurity_left));
+    if (leaf_children) return;  // at max_depth: never scanned, so no sorted segments needed
     for (int64_t p = start; p < end; ++p) go_left_[samples_[p]] = p < best.pos;
     for (int64_t f = 0; f < F; ++f) {
       int32_t* ix = idx_.data() + f * N;
@@ -354,7 +385,8 @@ class TreeBuilder {
   std::vector<float> tmp_val_;
   std::vector<int64_t> features_, constant_features_;
   std::vector<double> imp_, weight_;    // per node: impurity, weighted samples
-  std::vector<double> sum_left_, proxy_;  // scan_feature's running sums and proxies per position
+  std::vector<double> sum_left_, proxy_;  // running sums [kGroup, N] and proxies [N] per position
+  std::vector<int64_t> to_scan_;          // non-constant features of a node in the order drawn
   std::vector<uint8_t> candidate_;
   const double* y_ = nullptr;      // targets [N] of the tree being built
   uint32_t rand_state_ = 0;
