@@ -511,13 +511,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   double* r = raw.data_ptr<double>();
   double* g = neg_grad.data_ptr<double>();
   const int64_t* label = labels.data_ptr<int64_t>();
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
-    std::vector<double> p(T), gi(T);
-    for (int64_t i = i0; i < i1; ++i) {
-      negative_gradient_row(r + i * T, label[i], T, p.data(), gi.data());
-      for (int64_t t = 0; t < T; ++t) g[t * N + i] = gi[t];
-    }
-  });
+  // The gradient and the raw update are serial: a few % of a stage, and every parallel region costs a
+  // barrier (per stage, on a loaded machine, more than it gains); the trees are the parallel part.
+  std::vector<double> p(T), gi(T);
+  for (int64_t i = 0; i < N; ++i) {
+    negative_gradient_row(r + i * T, label[i], T, p.data(), gi.data());
+    for (int64_t t = 0; t < T; ++t) g[t * N + i] = gi[t];
+  }
   const SortedFeatures data{x.data_ptr<float>(), order.data_ptr<int32_t>(), values.data_ptr<float>(), N, F};
   const int64_t* seed = seeds.data_ptr<int64_t>();
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
@@ -536,10 +536,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   });
   const double* v = value.data_ptr<double>();
   const int64_t* lf = leaf.data_ptr<int64_t>();
-  at::parallel_for(0, N, 1024, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t t = 0; t < T; ++t) r[i * T + t] += learning_rate * v[t * M + lf[t * N + i]];
-  });
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t t = 0; t < T; ++t) r[i * T + t] += learning_rate * v[t * M + lf[t * N + i]];
   return {feature, threshold, left, right, value, node_count, importance};
 }
 
