@@ -15,7 +15,7 @@ def dci(ground_truth_data, representation_fn, random_state, *, num_train=10000, 
     One classifier per factor is trained on `num_train` codes: by default disentanglement_lib's
     `sklearn.ensemble.GradientBoostingClassifier()` given a `random_state` drawn from `random_state`
     (reproducible), computed by `dgmfast.metrics.gbt.GradientBoostedTrees` (the same trees,
-    importances and predictions, ~20x faster; sklearn's class itself when dgmfast._C is not built);
+    importances and predictions, ~15x less CPU; sklearn's class itself when dgmfast._C is not built);
     `classifier_fn()` replaces it (e.g. `lambda: GradientBoostingClassifier(random_state=0)`).
     `R[:, k] = |feature_importances_|`. Informativeness is the classifier's accuracy (train / test),
     averaged over factors. Factors with one value in the training sample get a zero importance
