@@ -6,7 +6,7 @@
 // split partitions the sorted orders stably. Without ties in a feature both orders are the one sorted
 // order, so every sum is accumulated in sklearn's order and every comparison (ties between candidate
 // splits included: sklearn's per-node feature permutation from its rand_r stream is replayed) comes
-// out the same. dgmfast/metrics/gbt.py drives the boosting stages (leaf values, raw predictions).
+// out the same. dgmfast/metrics/gbt.py runs the stages (init, seeds) and holds the fitted trees.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -221,12 +221,6 @@ class TreeBuilder {
     return best;
   }
 
-  // The split search over one feature (the loop body of node_split_best): candidate positions p have
-  // v[p] > v[p - 1] + FEATURE_THRESHOLD; the left sums move with Criterion.update; a candidate replaces
-  // the best when its proxy sum_l^2 / n_l + sum_r^2 / n_r is strictly larger. When every update moves
-  // forward (always, unless skipped positions lie near the end), sum_left at p is the running sum of
-  // the first p targets and the proxies of all positions are computed at once (vectorized, the same
-  // IEEE operations); otherwise Criterion.update is replayed step by step.
   // sum_left_[g * N + j] = running sum of the first j targets of features[g] in sorted order (what
   // forward updates accumulate), for G features at once.
   template <int G>
@@ -249,6 +243,12 @@ class TreeBuilder {
     }
   }
 
+  // The split search over one feature (the loop body of node_split_best): candidate positions p have
+  // v[p] > v[p - 1] + FEATURE_THRESHOLD; the left sums move with Criterion.update; a candidate replaces
+  // the best when its proxy sum_l^2 / n_l + sum_r^2 / n_r is strictly larger. When every update moves
+  // forward (always, unless skipped positions lie near the end), sum_left at p is the running sum
+  // `sl[p]` of the first p targets and the proxies of all positions are computed at once
+  // (vectorized, the same IEEE operations); otherwise Criterion.update is replayed step by step.
   void scan_feature(int64_t start, int64_t end, int64_t f, const double* __restrict sl, double& best_proxy,
                     Split& best) {
     const int64_t N = d_.N, n = end - start;
