@@ -12,6 +12,8 @@
 //             pass A, parallel over row tiles: g_z[n, d] = -sum_k r (z - m) p.
 //             pass B, parallel over blocks of components, each summing over n in order:
 //             g_m = sum_n r (z - m) p,  g_lv = 0.5 sum_n r ((z - m)^2 p - 1),  g_w = sum_n r.
+// per_dim=false first tries matrix products (see "as matrix products" below) and runs these kernels when
+// they would not be exact enough.
 // Both passes own their outputs, so results are deterministic for any thread count. Extra memory:
 // the tables (O(K*D)), per-thread buffers (O(K)), and z as a contiguous math-dtype copy when it is
 // not one already (half inputs).
