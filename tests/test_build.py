@@ -10,8 +10,7 @@ CPP_OPS = ("affine_coupling_fwd", "affine_coupling_bwd", "mixlogistic_coupling_f
            "actnorm_fwd", "actnorm_bwd", "uniform_dequantize_fwd", "uniform_dequantize_rev", "gaussian_sample_log_prob",
            "dequantize_sigmoid_tail_fwd", "dequantize_sigmoid_tail_bwd", "reparameterize_fwd", "reparameterize_bwd",
            "iaf_step_fwd", "iaf_step_bwd", "planar_flows_fwd", "planar_flows_bwd", "dip_moments",
-           "dip_vae_penalty_fwd", "dip_vae_penalty_bwd", "gaussian_mixture_fwd", "gaussian_mixture_bwd",
-           "gaussian_mixture_uses_products")
+           "dip_vae_penalty_fwd", "dip_vae_penalty_bwd", "gaussian_mixture_fwd", "gaussian_mixture_bwd")
 
 
 def test_extension_built_with_cpu_kernels():
@@ -28,7 +27,7 @@ def test_cuda_kernels_compiled_when_nvcc_and_cuda_torch_exist():
     # refusals in dgmfast/ops/dip.py and dgmfast/ops/gaussian.py).
     assert dgmfast.has_extension() and dgmfast.build_info()["cuda"] is True
     triton_only = ("dip_moments", "dip_vae_penalty_fwd", "dip_vae_penalty_bwd", "gaussian_mixture_fwd",
-                   "gaussian_mixture_bwd", "gaussian_mixture_uses_products")
+                   "gaussian_mixture_bwd")
     ops = [name for name in CPP_OPS if name not in triton_only]
     for op in ops:
         handle = getattr(torch.ops.dgmfast_C, op).default

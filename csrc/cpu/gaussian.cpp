@@ -12,8 +12,6 @@
 //             pass A, parallel over row tiles: g_z[n, d] = -sum_k r (z - m) p.
 //             pass B, parallel over blocks of components, each summing over n in order:
 //             g_m = sum_n r (z - m) p,  g_lv = 0.5 sum_n r ((z - m)^2 p - 1),  g_w = sum_n r.
-// per_dim=false first tries matrix products (see "as matrix products" below) and runs these kernels when
-// they would not be exact enough.
 // Both passes own their outputs, so results are deterministic for any thread count. Extra memory:
 // the tables (O(K*D)), per-thread buffers (O(K)), and z as a contiguous math-dtype copy when it is
 // not one already (half inputs).
@@ -27,11 +25,8 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/Functions.h>
-#include <ATen/TensorOperators.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <limits>
 
 namespace dgm::cpu {
@@ -600,207 +595,6 @@ void mixture_bwd_params(const MixtureTables<math_t>& t, const math_t* z, const m
   });
 }
 
-// ---- mixture, per_dim=false, as matrix products ---------------------------------------------------
-//
-// With zc = z - c, mc = m - c (c_d = mean_k m_kd: centring removes an offset common to z and the means)
-// and p = exp(-lv), the quadratic form of pair (n, k) is
-//   q_nk = sum_d (zc_nd - mc_kd)^2 p_kd = S1_nk + cm_k - 2 S2_nk,
-//   S1 = zc^2 @ p^T,  S2 = zc @ (mc p)^T,  cm_k = sum_d mc_kd^2 p_kd.
-// The backward, with r_nk = g_n exp(logit_nk - out_n) and s_k = sum_n r_nk:
-//   g_z = R @ (mc p) - zc * (R @ p),   g_m = p (R^T zc - mc s),
-//   g_lv = 0.5 (p (R^T zc^2 - 2 mc R^T zc + mc^2 s) - s),   g_w = s - (r of the band pairs).
-// Tasks own their outputs and run single-threaded products (inside the parallel region), so results do
-// not depend on the thread count: forward and g_z by tiles of kGemmRows rows against all components
-// ([kGemmRows, Kp] buffers per task, K padded to the vector width with p = 0 and weight -inf); the
-// parameter gradients by blocks of kGemmCols components, each walking the row tiles in order.
-// Exactness: the expansion's rounding error in a logit is at most about (D + 2) u A_nk, u the unit
-// roundoff, A_nk = S1_nk + cm_k (the size of the expanded terms). Pair (n, k) is irrelevant when
-// logit + error < level_n - kSkip, level_n the row's max logit (forward) or out_n (backward): its weight
-// is below e^-kSkip. The products are used only when every relevant pair has
-// sqrt(D) A_nk <= kCancel (|level_n| + D), i.e. cancellation costs at most about kCancel roundings of the
-// row's log-density (a sum of D terms); otherwise (variances tiny next to the spread of z and the means, overflow, a row
-// without density) the whole call runs the direct kernels.
-
-constexpr int64_t kGemmRows = 64;   // rows per task and tile of logits
-constexpr int64_t kGemmCols = 128;  // components per parameter-gradient task (a multiple of any vector width)
-constexpr double kSkip = 50;
-constexpr double kCancel = 64;
-
-template <typename math_t>
-struct CentredMixture {
-  at::Tensor zc, zc2;   // [N, D]
-  at::Tensor p, mp, mc; // [Kp, D], zero padding rows
-  at::Tensor cm;        // [Kp]: sum_d mc^2 p
-};
-
-template <typename math_t>
-CentredMixture<math_t> centre_mixture(const MixtureTables<math_t>& t, const at::Tensor& z, const at::Tensor& means,
-                                      const at::Tensor& lvs) {
-  const auto opts = z.options();
-  const at::Tensor m = means.to(opts.dtype()), c = m.mean(0, true);
-  CentredMixture<math_t> cm;
-  cm.zc = z - c;
-  cm.zc2 = cm.zc * cm.zc;
-  cm.mc = at::zeros({t.Kp, t.D}, opts);
-  cm.p = at::zeros({t.Kp, t.D}, opts);
-  cm.mc.narrow(0, 0, t.K).copy_(m - c);
-  cm.p.narrow(0, 0, t.K).copy_(at::exp(-lvs.to(opts.dtype())));
-  cm.mp = cm.mc * cm.p;
-  cm.cm = (cm.mc * cm.mp).sum(1);
-  return cm;
-}
-
-// S1, S2 of rows [n0, n0 + rows) and components [k0, k0 + width) into s1, s2 ([rows, width] contiguous).
-template <typename math_t>
-void gemm_tile(const CentredMixture<math_t>& c, int64_t n0, int64_t rows, int64_t k0, int64_t width, math_t* s1,
-               math_t* s2) {
-  const auto opts = c.zc.options();
-  at::Tensor a = at::from_blob(s1, {rows, width}, opts), b = at::from_blob(s2, {rows, width}, opts);
-  at::mm_out(a, c.zc2.narrow(0, n0, rows), c.p.narrow(0, k0, width).t());
-  at::mm_out(b, c.zc.narrow(0, n0, rows), c.mp.narrow(0, k0, width).t());
-}
-
-// Row n, components [k0, k0 + width): s1 <- A = S1 + cm, s2 <- logit (band pairs included). Returns the max logit.
-template <typename math_t>
-math_t row_logits(const MixtureTables<math_t>& t, const math_t* cm, int64_t n, int64_t k0, int64_t width, math_t* s1,
-                  math_t* s2) {
-  using Vec = at::vec::Vectorized<math_t>;
-  const Vec half(math_t(0.5)), two(math_t(2));
-  Vec vmax(-std::numeric_limits<math_t>::infinity());
-  for (int64_t i = 0; i < width; i += Vec::size()) {
-    const Vec a = Vec::loadu(s1 + i) + Vec::loadu(cm + k0 + i);
-    const Vec logit = Vec::loadu(t.base.data() + k0 + i) - half * (a - two * Vec::loadu(s2 + i));
-    a.store(s1 + i);
-    logit.store(s2 + i);
-    vmax = at::vec::maximum(vmax, logit);
-  }
-  math_t mx = at::vec::vec_reduce_all<math_t>([](Vec x, Vec y) { return at::vec::maximum(x, y); }, vmax);
-  t.for_band(n, [&](int64_t k, math_t dl) {
-    if (k < k0 || k >= k0 + width) return;
-    s2[k - k0] += dl;
-    mx = std::max(mx, s2[k - k0]);
-  });
-  return mx;
-}
-
-// Whether the expansion is exact enough for a row (see above) given its A (s1), logits (s2) and level.
-template <typename math_t>
-bool row_exact(const MixtureTables<math_t>& t, int64_t width, const math_t* s1, const math_t* s2, math_t level) {
-  using Vec = at::vec::Vectorized<math_t>;
-  if (!std::isfinite(level)) return false;
-  const math_t u = std::numeric_limits<math_t>::epsilon() / 2;
-  const Vec err(static_cast<math_t>((t.D + 2) * u)), sqrt_d(std::sqrt(static_cast<math_t>(t.D)));
-  const Vec floor_(level - static_cast<math_t>(kSkip)), tol(static_cast<math_t>(kCancel) * (std::abs(level) + t.D));
-  const Vec one(math_t(1));
-  Vec bad(0);
-  for (int64_t i = 0; i < width; i += Vec::size()) {
-    const Vec a = Vec::loadu(s1 + i), logit = Vec::loadu(s2 + i);
-    const Vec relevant = one - (logit + err * a).lt(floor_);  // NaN counts as relevant
-    bad = at::vec::maximum(bad, relevant * (one - (sqrt_d * a).le(tol)));
-  }
-  return at::vec::vec_reduce_all<math_t>([](Vec x, Vec y) { return at::vec::maximum(x, y); }, bad) == 0;
-}
-
-// s2 <- r = g exp(logit - out) over one row's logits.
-template <typename math_t>
-void row_responsibilities(int64_t width, math_t g, math_t out, math_t* s2) {
-  using Vec = at::vec::Vectorized<math_t>;
-  math_t ge, oe;
-  row_grad(g, out, &ge, &oe);
-  for (int64_t i = 0; i < width; i += Vec::size()) (Vec(ge) * (Vec::loadu(s2 + i) - Vec(oe)).exp()).store(s2 + i);
-}
-
-// out[n] of every row by matrix products; false when some row needs the direct kernel.
-template <typename math_t>
-bool mixture_fwd_gemm(const MixtureTables<math_t>& t, const CentredMixture<math_t>& c, int64_t N, math_t* out) {
-  using Vec = at::vec::Vectorized<math_t>;
-  const int64_t Kp = t.Kp;
-  const math_t* cm = c.cm.template const_data_ptr<math_t>();
-  std::atomic<bool> exact(true);
-  at::parallel_for(0, (N + kGemmRows - 1) / kGemmRows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> s1(kGemmRows * Kp), s2(kGemmRows * Kp);
-    for (int64_t tile = begin; tile < end && exact; ++tile) {
-      const int64_t n0 = tile * kGemmRows, rows = std::min(kGemmRows, N - n0);
-      gemm_tile(c, n0, rows, 0, Kp, s1.data(), s2.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        math_t *a = s1.data() + r * Kp, *l = s2.data() + r * Kp;
-        const math_t mx = row_logits(t, cm, n0 + r, 0, Kp, a, l);
-        if (!row_exact(t, Kp, a, l, mx)) {
-          exact = false;
-          break;
-        }
-        Vec sum(0);
-        for (int64_t i = 0; i < Kp; i += Vec::size()) sum = sum + (Vec::loadu(l + i) - Vec(mx)).exp();
-        out[n0 + r] = mx + std::log(hsum(sum));
-      }
-    }
-  });
-  return exact;
-}
-
-// All four gradients by matrix products; false (outputs partly written) when some row needs the direct kernels.
-template <typename math_t>
-bool mixture_bwd_gemm(const MixtureTables<math_t>& t, const CentredMixture<math_t>& c, int64_t N, const math_t* out,
-                      const math_t* g, at::Tensor& gz, at::Tensor& gm, at::Tensor& glv, at::Tensor& gw) {
-  const auto opts = c.zc.options();
-  const int64_t K = t.K, Kp = t.Kp, D = t.D;
-  const math_t* cm = c.cm.template const_data_ptr<math_t>();
-  std::atomic<bool> exact(true);
-  // g_z, by row tiles; the exactness check covers every pair here
-  at::parallel_for(0, (N + kGemmRows - 1) / kGemmRows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> s1(kGemmRows * Kp), s2(kGemmRows * Kp);
-    for (int64_t tile = begin; tile < end && exact; ++tile) {
-      const int64_t n0 = tile * kGemmRows, rows = std::min(kGemmRows, N - n0);
-      gemm_tile(c, n0, rows, 0, Kp, s1.data(), s2.data());
-      for (int64_t r = 0; r < rows && exact; ++r) {
-        math_t *a = s1.data() + r * Kp, *l = s2.data() + r * Kp;
-        row_logits(t, cm, n0 + r, 0, Kp, a, l);
-        if (!row_exact(t, Kp, a, l, out[n0 + r])) exact = false;
-        row_responsibilities(Kp, g[n0 + r], out[n0 + r], l);
-      }
-      if (!exact) break;
-      const at::Tensor R = at::from_blob(s2.data(), {rows, Kp}, opts), zc = c.zc.narrow(0, n0, rows);
-      gz.narrow(0, n0, rows).copy_(at::mm(R, c.mp) - zc * at::mm(R, c.p));
-    }
-  });
-  if (!exact) return false;
-  // parameter gradients, by component blocks walking the row tiles in order
-  at::Tensor rz = at::empty({Kp, D}, opts), rz2 = at::empty({Kp, D}, opts), s = at::empty({Kp}, opts);
-  std::vector<math_t> band_r(K, math_t(0));
-  at::parallel_for(0, (Kp + kGemmCols - 1) / kGemmCols, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> s1(kGemmRows * kGemmCols), s2(kGemmRows * kGemmCols);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t k0 = blk * kGemmCols, width = std::min(kGemmCols, Kp - k0);
-      at::Tensor rz_b = rz.narrow(0, k0, width), rz2_b = rz2.narrow(0, k0, width), s_b = s.narrow(0, k0, width);
-      rz_b.zero_();
-      rz2_b.zero_();
-      s_b.zero_();
-      for (int64_t n0 = 0; n0 < N; n0 += kGemmRows) {
-        const int64_t rows = std::min(kGemmRows, N - n0);
-        gemm_tile(c, n0, rows, k0, width, s1.data(), s2.data());
-        for (int64_t r = 0; r < rows; ++r) {
-          math_t* l = s2.data() + r * width;
-          row_logits(t, cm, n0 + r, k0, width, s1.data() + r * width, l);
-          row_responsibilities(width, g[n0 + r], out[n0 + r], l);
-          t.for_band(n0 + r, [&](int64_t k, math_t) {
-            if (k >= k0 && k < k0 + width) band_r[k] += l[k - k0];
-          });
-        }
-        const at::Tensor R = at::from_blob(s2.data(), {rows, width}, opts);
-        rz_b.addmm_(R.t(), c.zc.narrow(0, n0, rows));
-        rz2_b.addmm_(R.t(), c.zc2.narrow(0, n0, rows));
-        s_b += R.sum(0);
-      }
-    }
-  });
-  const at::Tensor p = c.p.narrow(0, 0, K), mc = c.mc.narrow(0, 0, K), sk = s.narrow(0, 0, K);
-  const at::Tensor rzk = rz.narrow(0, 0, K), sc = sk.unsqueeze(1);
-  gm.copy_(p * (rzk - mc * sc));
-  glv.copy_(0.5 * (p * (rz2.narrow(0, 0, K) - 2 * mc * rzk + mc * mc * sc) - sc));
-  gw.copy_(sk - at::from_blob(band_r.data(), {K}, opts));
-  return true;
-}
-
 void check_mixture(const at::Tensor& z, const at::Tensor& means, const at::Tensor& lvs, const at::Tensor& log_w,
                    const at::Tensor& band) {
   TORCH_CHECK(z.dim() == 2 && means.dim() == 2, "dgmfast: z and means must be 2-D, got ", z.sizes(), " and ",
@@ -829,25 +623,9 @@ at::Tensor gaussian_mixture_fwd_cpu(const at::Tensor& z_in, const at::Tensor& me
     using math_t = opmath_t<scalar_t>;
     const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, per_dim);
     if (per_dim) mixture_fwd_per_dim(t, z.const_data_ptr<math_t>(), N, out.mutable_data_ptr<math_t>());
-    else if (!mixture_fwd_gemm(t, centre_mixture(t, z, means, lvs), N, out.mutable_data_ptr<math_t>()))
-      mixture_fwd_joint(t, z.const_data_ptr<math_t>(), N, out.mutable_data_ptr<math_t>());
+    else mixture_fwd_joint(t, z.const_data_ptr<math_t>(), N, out.mutable_data_ptr<math_t>());
   });
   return out;
-}
-
-// Whether per_dim=false takes the matrix-product path for these inputs (tests choose inputs for each path).
-bool gaussian_mixture_uses_products_cpu(const at::Tensor& z_in, const at::Tensor& means, const at::Tensor& lvs,
-                                        const at::Tensor& log_w, const at::Tensor& band, int64_t band_offset) {
-  check_mixture(z_in, means, lvs, log_w, band);
-  const at::Tensor z = z_in.to(math_dtype(z_in)).contiguous();
-  at::Tensor out = at::empty({z.size(0)}, z.options());
-  bool products = false;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_in.scalar_type(), "gaussian_mixture_uses_products", [&] {
-    using math_t = opmath_t<scalar_t>;
-    const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, false);
-    products = mixture_fwd_gemm(t, centre_mixture(t, z, means, lvs), z.size(0), out.mutable_data_ptr<math_t>());
-  });
-  return products;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_mixture_bwd_cpu(
@@ -863,7 +641,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_mixture_bwd_
     using math_t = opmath_t<scalar_t>;
     const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, per_dim);
     const math_t *zp = z.const_data_ptr<math_t>(), *op = out.const_data_ptr<math_t>(), *gp = g.const_data_ptr<math_t>();
-    if (!per_dim && mixture_bwd_gemm(t, centre_mixture(t, z, means, lvs), N, op, gp, gz, gm, glv, gw)) return;
     if (per_dim) mixture_bwd_z_per_dim(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
     else mixture_bwd_z_joint(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
     math_t *gmp = gm.mutable_data_ptr<math_t>(), *glvp = glv.mutable_data_ptr<math_t>();
@@ -889,8 +666,6 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
         "int band_offset, bool per_dim) -> Tensor");
   m.def("gaussian_mixture_bwd(Tensor z, Tensor means, Tensor logvars, Tensor log_weights, Tensor band, "
         "int band_offset, bool per_dim, Tensor out, Tensor grad_out) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("gaussian_mixture_uses_products(Tensor z, Tensor means, Tensor logvars, Tensor log_weights, Tensor band, "
-        "int band_offset) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
@@ -898,5 +673,4 @@ TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("reparameterize_bwd", &dgm::cpu::reparameterize_bwd_cpu);
   m.impl("gaussian_mixture_fwd", &dgm::cpu::gaussian_mixture_fwd_cpu);
   m.impl("gaussian_mixture_bwd", &dgm::cpu::gaussian_mixture_bwd_cpu);
-  m.impl("gaussian_mixture_uses_products", &dgm::cpu::gaussian_mixture_uses_products_cpu);
 }
