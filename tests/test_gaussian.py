@@ -292,6 +292,46 @@ def test_mixture_extreme_values_stay_finite(dev, be, per_dim):
     torch.testing.assert_close(out.double(), expect, rtol=1e-5, atol=1e-3)
 
 
+def offset_inputs(N, K, D, dtype=torch.float64):
+    """z and the means 1e3 from the origin, with ordinary variances and with variances e^-20 and z next to
+    the means (where expanding (z - m)^2 would cancel catastrophically); float32-representable values."""
+    z, m, lv, w = mixture_inputs(N, K, D, seed=1, dtype=torch.float64)
+    near = m[torch.arange(N) % K] + 1e-4 * randn(N, D, seed=9, dtype=torch.float64)
+    cases = {"offset": (z + 1e3, m + 1e3, lv, w),
+             "tiny variances": (near + 1e3, m + 1e3, torch.full_like(lv, -20.0), w)}
+    return {k: tuple(a.float().to(dtype) for a in v) for k, v in cases.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixture_cpu_offset_and_tiny_variances(dtype):
+    for case, inputs in offset_inputs(70, 30, 6, dtype).items():
+        w = randn(70, seed=5, dtype=torch.float64)
+        fn = F.gaussian_mixture_log_prob
+        (out,), grads = run(fn, inputs, dtype, "cpu", [w])
+        (out64,), grads64 = run(fn, inputs, torch.float64, "torch", [w])
+        tol = dict(rtol=2e-5, atol=2e-5 * 6 ** 0.5 * 4) if dtype == torch.float32 else {}
+        for g, r, nm in zip((out, *grads), (out64, *grads64), ["out", "z", "means", "logvars", "log_weights"]):
+            assert_close(g, r, **tol, name=f"{nm} {case}")
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_elbo_surgery_cpu_concentrated_posteriors(estimator):
+    # the batch's own posteriors as the mixture (MSS: band weights), ordinary and with variances e^-20
+    M, D = 40, 4
+    mu, lv = randn(M, D, seed=2, dtype=torch.float64), randn(M, D, seed=3, scale=0.5, dtype=torch.float64)
+    cases = {"ordinary": (randn(M, D, seed=1, dtype=torch.float64), mu, lv),
+             "concentrated": (mu + 1e-5 * randn(M, D, seed=1, dtype=torch.float64), mu, torch.full_like(lv, -20.0))}
+    for case, inputs in cases.items():
+        inputs = tuple(a.float().double() for a in inputs)  # float32-representable: the reference sees these too
+        ws = [randn(M, seed=i, dtype=torch.float64) for i in range(4)] + [torch.tensor(1.0 + i, dtype=torch.float64)
+                                                                           for i in range(4)]
+        fn = lambda a, impl: tuple(impl(*a, dataset_size=100, estimator=estimator))  # noqa: E731
+        outs, grads = run(lambda *a: fn(a, F.elbo_surgery), inputs, torch.float32, "cpu", ws)
+        outs64, grads64 = run(lambda *a: fn(a, ref.elbo_surgery), inputs, torch.float64, "torch", ws)
+        for o, r, nm in zip((*outs, *grads), (*outs64, *grads64), [*ref.ElboSurgery._fields, "z", "mu", "logvar"]):
+            assert_close(o, r, rtol=2e-5, atol=1e-4, name=f"{nm} {case}")
+
+
 def test_mixture_gradcheck_reference_and_cpu_kernel():
     inputs = [a.requires_grad_() for a in mixture_inputs(4, 5, 3, dtype=torch.float64, seed=6)]
     for per_dim in (False, True):
