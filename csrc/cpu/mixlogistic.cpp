@@ -137,8 +137,7 @@ void fwd_impl(const MixInputs& in, at::Tensor& y, at::Tensor& logdet, double cla
                            q_k = Q[k];
                          },
                          exact);
-        const auto st = mix_stats<false>(out, vmin, K, load);
-        ld = Vec(0) - (st.log_pdf() - st.log_cdf() - st.log_sf() + s);
+        ld = Vec(0) - (mix_logdet_term(out, vmin, K, load) + s);
       }
       Out<scalar_t>{yp, {N, M, 1, 0}}.store(b, 0, e, n, out);
       acc = acc + Vec::set(Vec(0), ld, n);
@@ -169,13 +168,18 @@ void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, 
 
   parallel_rows<math_t>(B, N, nullptr, [&](int64_t b, int64_t lo, int64_t hi) {
     Tile<scalar_t> tile(K);
+    std::vector<MixLinTerm<Vec>> terms(K);  // computed once, read by both passes over K
     const Vec g_ld(gldp[b]);
     for_blocks(lo, hi, M, IO::kSize, [&](int64_t o, int64_t i, int64_t n, int64_t e) {
       tile.fill(P, U, S, b, o, i, n);
+      const auto load = tile.loader();
+      const Vec xin = X.load(b, o, i, n);
+      const auto loaded = loaded_terms(xin, vmin, K, load);
+      for (int64_t k = 0; k < K; ++k) terms[k] = loaded(k);
       Vec gx, gr, gt;
       mixlogistic_bwd_elem<MAP>(
-          X.load(b, o, i, n), R.load(b, o, i, n), Sh.load(b, o, i, n), GY.load(b, o, i, n), g_ld, vclamp, vmin,
-          shift_scale, reverse, K, tile.loader(),
+          xin, R.load(b, o, i, n), Sh.load(b, o, i, n), GY.load(b, o, i, n), g_ld, vclamp, vmin, shift_scale,
+          reverse, K, [&](int64_t k) -> const MixLinTerm<Vec>& { return terms[k]; }, load,
           [&](int64_t k, const Vec& g_pi, const Vec& g_mu, const Vec& g_l) {
             GP.store(b, o, i, n, g_pi, k);
             GU.store(b, o, i, n, g_mu, k);
