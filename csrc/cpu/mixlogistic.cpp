@@ -20,6 +20,10 @@ namespace dgm::cpu {
 namespace {
 
 // A tensor read or written through an ElemLayout, n <= kSize lanes at a time (lane j = inner index i + j).
+// Software prefetch distance along the lanes: the parameters of a block are K separate streams per
+// tensor (3K for a Flow++ conditioner's output), more than the hardware prefetchers follow.
+constexpr int64_t kPrefetchLanes = 64;
+
 template <typename scalar_t, typename ptr_t>
 struct Strided {
   using IO = VecIO<scalar_t>;
@@ -30,6 +34,15 @@ struct Strided {
 
   ptr_t at(int64_t b, int64_t o, int64_t i, int64_t k = 0) const { return p + b * L.b + o * L.o + i * L.i + k * L.k; }
 
+  // Asks for the lanes kPrefetchLanes after (o, i) (the next blocks of a run; a hint, never a fault).
+  void prefetch(int64_t b, int64_t o, int64_t i, int64_t k, bool write) const {
+    const scalar_t* q = at(b, o, i + kPrefetchLanes, k);
+    if (write) {
+      __builtin_prefetch(q, 1);
+    } else {
+      __builtin_prefetch(q, 0);
+    }
+  }
   Vec load(int64_t b, int64_t o, int64_t i, int64_t n, int64_t k = 0) const {
     const scalar_t* q = at(b, o, i, k);
     if (L.i == 1 && n == IO::kSize) return IO::load(q);
@@ -75,6 +88,9 @@ struct Tile {
       pi[k] = P.load(b, o, i, n, k);
       mu[k] = U.load(b, o, i, n, k);
       l[k] = S.load(b, o, i, n, k);
+      P.prefetch(b, o, i, k, false);
+      U.prefetch(b, o, i, k, false);
+      S.prefetch(b, o, i, k, false);
     }
   }
   auto loader() const {
@@ -184,6 +200,9 @@ void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, 
             GP.store(b, o, i, n, g_pi, k);
             GU.store(b, o, i, n, g_mu, k);
             GS.store(b, o, i, n, g_l, k);
+            GP.prefetch(b, o, i, k, true);
+            GU.prefetch(b, o, i, k, true);
+            GS.prefetch(b, o, i, k, true);
           },
           &gx, &gr, &gt);
       GX.store(b, 0, e, n, gx);
