@@ -19,11 +19,11 @@
 namespace dgm::cpu {
 namespace {
 
-// A tensor read or written through an ElemLayout, n <= kSize lanes at a time (lane j = inner index i + j).
 // Software prefetch distance along the lanes: the parameters of a block are K separate streams per
 // tensor (3K for a Flow++ conditioner's output), more than the hardware prefetchers follow.
 constexpr int64_t kPrefetchLanes = 64;
 
+// A tensor read or written through an ElemLayout, n <= kSize lanes at a time (lane j = inner index i + j).
 template <typename scalar_t, typename ptr_t>
 struct Strided {
   using IO = VecIO<scalar_t>;
@@ -49,6 +49,24 @@ struct Strided {
     math_t tmp[IO::kSize] = {};
     for (int64_t j = 0; j < n; ++j) tmp[j] = static_cast<math_t>(q[j * L.i]);
     return Vec::loadu(tmp);
+  }
+  // store() with a non-temporal (cache-bypassing) store where a whole float/double vector lands on one
+  // aligned line, so written gradients are not first read into the caches; call _mm_sfence() after.
+  void store_stream(int64_t b, int64_t o, int64_t i, int64_t n, const Vec& v, int64_t k = 0) const {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<scalar_t, math_t>) {
+      scalar_t* q = at(b, o, i, k);
+      if (L.i == 1 && n == IO::kSize && reinterpret_cast<uintptr_t>(q) % sizeof(Vec) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(q, v); else _mm512_stream_pd(q, v);
+#else
+        if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(q, v); else _mm256_stream_pd(q, v);
+#endif
+        return;
+      }
+    }
+#endif
+    store(b, o, i, n, v, k);
   }
   void store(int64_t b, int64_t o, int64_t i, int64_t n, const Vec& v, int64_t k = 0) const {
     scalar_t* q = at(b, o, i, k);
@@ -197,18 +215,16 @@ void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, 
           xin, R.load(b, o, i, n), Sh.load(b, o, i, n), GY.load(b, o, i, n), g_ld, vclamp, vmin, shift_scale,
           reverse, K, [&](int64_t k) -> const MixLinTerm<Vec>& { return terms[k]; }, load,
           [&](int64_t k, const Vec& g_pi, const Vec& g_mu, const Vec& g_l) {
-            GP.store(b, o, i, n, g_pi, k);
-            GU.store(b, o, i, n, g_mu, k);
-            GS.store(b, o, i, n, g_l, k);
-            GP.prefetch(b, o, i, k, true);
-            GU.prefetch(b, o, i, k, true);
-            GS.prefetch(b, o, i, k, true);
+            GP.store_stream(b, o, i, n, g_pi, k);
+            GU.store_stream(b, o, i, n, g_mu, k);
+            GS.store_stream(b, o, i, n, g_l, k);
           },
           &gx, &gr, &gt);
       GX.store(b, 0, e, n, gx);
       GR.store(b, 0, e, n, gr);
       if (g_t != nullptr) GT.store(b, 0, e, n, gt);
     });
+    _mm_sfence();
     return math_t(0);
   });
 }

@@ -43,9 +43,9 @@ struct MixTerm {
   MixTerm() = default;
   DGM_HOST_DEVICE DGM_INLINE MixTerm(T x, T pi_, T mu, T l_raw, T min_log_scale) : pi(pi_) {
     l = dgm::max(l_raw, min_log_scale);
-    q = dgm::exp(T(0) - l);
+    q = dgm::exp_inline(T(0) - l);
     z = (x - mu) * q;
-    e = dgm::exp(T(0) - dgm::abs(z));
+    e = dgm::exp_inline(T(0) - dgm::abs(z));
     w = T(1) / (T(1) + e);
   }
   DGM_HOST_DEVICE DGM_INLINE T sigmoid_pos() const { return dgm::where_nonneg(z, w, e * w); }  // sigmoid(z)
@@ -62,7 +62,7 @@ struct MixLinTerm : MixTerm<T> {
   T E;
   MixLinTerm() = default;
   DGM_HOST_DEVICE DGM_INLINE MixLinTerm(T x, T pi, T mu, T l_raw, T min_log_scale, T m)
-      : MixTerm<T>(x, pi, mu, l_raw, min_log_scale), E(dgm::exp(pi - m)) {}
+      : MixTerm<T>(x, pi, mu, l_raw, min_log_scale), E(dgm::exp_inline(pi - m)) {}
 };
 
 // The four log-sums of one element, each an online log-sum-exp; with MOMENT the pdf sum also carries
