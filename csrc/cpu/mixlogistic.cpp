@@ -1,7 +1,9 @@
 // Flow++ mixture-of-logistics coupling (SPEC §2), C++ CPU kernels. Math: csrc/include/dgmfast/mixlogistic.h.
 // Each task takes a chunk of one row's elements in blocks of one vector's lanes (the last block of a run
 // padded with zeros), copies the block's K parameters once into a tile (strided loads, any layout of
-// mixlogistic_launch.h), and runs every pass over K from the tile, vectorized across elements.
+// mixlogistic_launch.h, prefetching the next blocks' lines), and runs every pass over K from the tile,
+// vectorized across elements. The backward computes the K components (MixLinTerm) once per block for both
+// of its passes and writes the parameter gradients with non-temporal stores.
 // Schemas of the family are declared here; csrc/cuda/mixlogistic.cu registers the CUDA implementations.
 #include "loops.h"
 

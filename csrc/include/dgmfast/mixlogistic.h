@@ -1,14 +1,20 @@
 // Flow++ mixture-of-logistics coupling (SPEC §2): per-element math shared by the CPU and CUDA kernels.
 //
 // For one element x with K components (pi_k, mu_k, l_k), l_k = max(l_k, min_log_scale), q_k = exp(-l_k),
-// z_k = (x - mu_k) q_k, e_k = exp(-|z_k|), w_k = 1/(1 + e_k) = exp(-log(1 + e_k)):
+// z_k = (x - mu_k) q_k, e_k = exp(-|z_k|), w_k = 1/(1 + e_k), E_k = exp(pi_k - max_j pi_j):
+//   log u      = log S_cdf - log S_norm,  S_cdf = sum_k E_k sigmoid(z_k),  S_norm = sum_k E_k
+//   log (1-u)  = log S_sf  - log S_norm,  S_sf  = sum_k E_k sigmoid(-z_k)
+//   log f      = log S_pdf - log S_norm,  S_pdf = sum_k E_k q_k e_k w_k^2
+// with sigmoid(z) = w or e w by the sign of z: three exp and one division per component (mix_logs).
+// Where S_cdf, S_sf or S_pdf falls below kMixLinearTiny (x far in the tails of every component), that lane
+// takes the exact log-domain sums instead (mix_stats):
 //   log u      = LSE_k[pi_k + min(z_k, 0)  ; weight w_k  ] - LSE_k[pi_k]
 //   log (1-u)  = LSE_k[pi_k - max(z_k, 0)  ; weight w_k  ] - LSE_k[pi_k]
 //   log f      = LSE_k[pi_k - l_k - |z_k|  ; weight w_k^2] - LSE_k[pi_k]
 // (the SPEC's logsigmoid(+-z) = min(+-z, 0) - log(1 + e) and z - 2 softplus(z) = -|z| - 2 log(1 + e),
-// with the log(1 + e) terms carried as weights: no log per component). Each LSE is one online pass with
-// one exp per term. Loops over k take a loader load(k, &pi, &mu, &l) so the CPU (vectorized over
-// elements, T = at::vec::Vectorized) and CUDA (one element per thread, T = float/double) share them.
+// with the log(1 + e) terms carried as weights), each one online pass with one more exp per term.
+// Loops over k take a loader load(k, &pi, &mu, &l) so the CPU (vectorized over elements,
+// T = at::vec::Vectorized) and CUDA (one element per thread, T = float/double) share them.
 #pragma once
 
 #include <dgmfast/common.h>
