@@ -21,6 +21,19 @@
 namespace dgm::cpu {
 namespace {
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define DGM_STREAM_STORES 1
+#else
+#define DGM_STREAM_STORES 0
+#endif
+
+// Orders the non-temporal stores of Strided::store_stream before what follows.
+inline void stream_fence() {
+#if DGM_STREAM_STORES
+  _mm_sfence();
+#endif
+}
+
 // Software prefetch distance along the lanes: the parameters of a block are K separate streams per
 // tensor (3K for a Flow++ conditioner's output), more than the hardware prefetchers follow.
 constexpr int64_t kPrefetchLanes = 64;
@@ -37,13 +50,8 @@ struct Strided {
   ptr_t at(int64_t b, int64_t o, int64_t i, int64_t k = 0) const { return p + b * L.b + o * L.o + i * L.i + k * L.k; }
 
   // Asks for the lanes kPrefetchLanes after (o, i) (the next blocks of a run; a hint, never a fault).
-  void prefetch(int64_t b, int64_t o, int64_t i, int64_t k, bool write) const {
-    const scalar_t* q = at(b, o, i + kPrefetchLanes, k);
-    if (write) {
-      __builtin_prefetch(q, 1);
-    } else {
-      __builtin_prefetch(q, 0);
-    }
+  void prefetch(int64_t b, int64_t o, int64_t i, int64_t k) const {
+    __builtin_prefetch(at(b, o, i + kPrefetchLanes, k));
   }
   Vec load(int64_t b, int64_t o, int64_t i, int64_t n, int64_t k = 0) const {
     const scalar_t* q = at(b, o, i, k);
@@ -53,9 +61,9 @@ struct Strided {
     return Vec::loadu(tmp);
   }
   // store() with a non-temporal (cache-bypassing) store where a whole float/double vector lands on one
-  // aligned line, so written gradients are not first read into the caches; call _mm_sfence() after.
+  // aligned line, so written gradients are not first read into the caches; call stream_fence() after.
   void store_stream(int64_t b, int64_t o, int64_t i, int64_t n, const Vec& v, int64_t k = 0) const {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if DGM_STREAM_STORES
     if constexpr (std::is_same_v<scalar_t, math_t>) {
       scalar_t* q = at(b, o, i, k);
       if (L.i == 1 && n == IO::kSize && reinterpret_cast<uintptr_t>(q) % sizeof(Vec) == 0) {
@@ -108,9 +116,9 @@ struct Tile {
       pi[k] = P.load(b, o, i, n, k);
       mu[k] = U.load(b, o, i, n, k);
       l[k] = S.load(b, o, i, n, k);
-      P.prefetch(b, o, i, k, false);
-      U.prefetch(b, o, i, k, false);
-      S.prefetch(b, o, i, k, false);
+      P.prefetch(b, o, i, k);
+      U.prefetch(b, o, i, k);
+      S.prefetch(b, o, i, k);
     }
   }
   auto loader() const {
@@ -226,7 +234,7 @@ void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, 
       GR.store(b, 0, e, n, gr);
       if (g_t != nullptr) GT.store(b, 0, e, n, gt);
     });
-    _mm_sfence();
+    stream_fence();
     return math_t(0);
   });
 }

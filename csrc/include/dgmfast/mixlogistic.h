@@ -145,7 +145,7 @@ DGM_HOST_DEVICE DGM_INLINE LoadedTerms<T, Load> loaded_terms(T x, T min_log_scal
 }
 
 // Below this, a linear-domain sum may have lost terms to underflow (each lost term is below the smallest
-// normal number, ~1e-38 in float32, so above it they change the sum by < 1e-8 relative).
+// normal number, ~1e-38 in float32, so above it the K of them change the sum by < K 1e-8 relative).
 constexpr double kMixLinearTiny = 1e-30;
 
 // log u, log(1-u), log f (and with MOMENT d log f/dx) of one element. Fast path, three exp per component
