@@ -6,7 +6,7 @@ import dgmfast
 from dgmfast import functional as F
 from dgmfast.ops import mixlogistic as ops
 from dgmfast.reference import mixlogistic as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet
+from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet, max_err
 
 ORDERS = ["scale_shift", "shift_scale"]
 # (shape, K): odd sizes, K = 1, a row longer than one CPU chunk (16384) and one interpreter block
@@ -328,6 +328,64 @@ def test_reverse_far_tails_use_the_log_domain(dev, be):
     assert torch.isfinite(x_r).all() and torch.isfinite(ld).all()
     x_true = ref.mixlogistic_inverse_bisection(v.double(), *(a.double() for a in args[1:4]), num_iters=200)
     assert (inverse_error(x_r, x_true, v.double(), args) <= 1e-4).all()
+
+
+def mixed_tail_inputs(device, n=64, k=4, seed=13):
+    """Rows whose odd elements lie so far in a tail that a float32 linear-domain sum of the kernels underflows,
+    next to even elements near their components: e = 1 (mod 4) right of every component (S_sf), e = 3
+    (mod 8) between narrow components (S_pdf), e = 7 (mod 8) left of every component (S_cdf). Chosen
+    well-conditioned in float32 (no cancellation between components in d log f/dx)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, n)
+    means = torch.randn(*shape, k, generator=g, dtype=torch.float64)
+    log_scales = 0.2 * torch.rand(*shape, k, generator=g, dtype=torch.float64) - 0.1
+    logits = 2 * torch.randn(*shape, k, generator=g, dtype=torch.float64)
+    x = 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
+    reach = 80 * log_scales.amax(-1).exp()  # 80 scales of the widest component: 80 <= |z_k| < 110
+    x[:, 1::4] = means[:, 1::4].amax(-1) + reach[:, 1::4]
+    x[:, 7::8] = means[:, 7::8].amin(-1) - reach[:, 7::8]
+    means[:, 3::8] = torch.tensor([-1.0, 10.0, 12.0, 14.0][:k], dtype=torch.float64)
+    log_scales[:, 3::8] = -3.0
+    x[:, 3::8] = 3.0  # z = 80, -140, -180, -220
+    r, t = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    return [a.to(device, torch.float32) for a in (x, logits, means, log_scales, r, t)]
+
+
+def smallest_linear_sum32(x, logits, means, log_scales, min_log_scale=-7.0):
+    """min(S_cdf, S_sf, S_pdf) of the kernels' linear-domain fast path, in float32."""
+    x, logits, means, log_scales = (a.float().cpu() for a in (x, logits, means, log_scales))
+    E = torch.exp(logits - logits.amax(-1, keepdim=True))
+    q = torch.exp(-log_scales.clamp(min=min_log_scale))
+    z = (x[..., None] - means) * q
+    s_cdf, s_sf = (E * torch.sigmoid(z)).sum(-1), (E * torch.sigmoid(-z)).sum(-1)
+    s_pdf = (E * q * torch.sigmoid(z) * torch.sigmoid(-z)).sum(-1)
+    return torch.minimum(torch.minimum(s_cdf, s_sf), s_pdf)
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_underflowing_lanes_next_to_fast_lanes(dev, be):
+    """Vectors of lanes where the linear-domain sums underflow (exact log-domain path) and lanes where they
+    do not (fast path): both equal the float64 reference, forward, backward and inverse."""
+    args = mixed_tail_inputs(dev)
+    small = smallest_linear_sum32(*args[:4])
+    assert (small[:, 1::2] < 1e-30).all() and (small[:, 0::2] > 1e-30).all()
+    got = outputs_and_grads(args, be)
+    low = outputs_and_grads(args, "torch")
+    want = outputs_and_grads([a.double() for a in args], "ref64")
+    for a, l, b, name in zip(got, low, want, NAMES):
+        assert torch.isfinite(a).all(), name
+        if name == "logdet":  # row sums over both kinds of lanes
+            assert max_err(a, b) <= 2 * max_err(l, b) + 1e-3, name
+            continue
+        assert_close(a[:, 0::2], b[:, 0::2], name=f"{name} (fast lanes)")
+        # far in the tails the log-det's gradients cancel terms of size |z| ~ 100: float32 math itself
+        # (the float32 reference, `low`) is off by ~1e-3 relative there, so the bound is relative to it
+        assert max_err(a[:, 1::2], b[:, 1::2]) <= 2 * max_err(l[:, 1::2], b[:, 1::2]) + 2e-5, name
+    x_r, ld_r = run([got[0].detach(), *args[1:]], be, reverse=True)
+    assert (inverse_error(x_r, args[0], logit_cdf64(args[0], args), args) <= 1e-4).all()
+    # in a gap between components only v(x_r) is close (SPEC): the log-det is that of the returned x_r
+    ld_at = ref.mixlogistic_coupling(x_r.double(), *(a.double() for a in args[1:]))[1]
+    torch.testing.assert_close(ld_r.double(), -ld_at, rtol=1e-5, atol=1e-3)
 
 
 def test_bad_inputs_name_the_argument():

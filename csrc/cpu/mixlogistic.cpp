@@ -1,7 +1,9 @@
 // Flow++ mixture-of-logistics coupling (SPEC §2), C++ CPU kernels. Math: csrc/include/dgmfast/mixlogistic.h.
 // Each task takes a chunk of one row's elements in blocks of one vector's lanes (the last block of a run
 // padded with zeros), copies the block's K parameters once into a tile (strided loads, any layout of
-// mixlogistic_launch.h), and runs every pass over K from the tile, vectorized across elements.
+// mixlogistic_launch.h, prefetching the next blocks' lines), and runs every pass over K from the tile,
+// vectorized across elements. The backward computes the K components (MixLinTerm) once per block for both
+// of its passes and writes the parameter gradients with non-temporal stores.
 // Schemas of the family are declared here; csrc/cuda/mixlogistic.cu registers the CUDA implementations.
 #include "loops.h"
 
@@ -19,6 +21,23 @@
 namespace dgm::cpu {
 namespace {
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define DGM_STREAM_STORES 1
+#else
+#define DGM_STREAM_STORES 0
+#endif
+
+// Orders the non-temporal stores of Strided::store_stream before what follows.
+inline void stream_fence() {
+#if DGM_STREAM_STORES
+  _mm_sfence();
+#endif
+}
+
+// Software prefetch distance along the lanes: the parameters of a block are K separate streams per
+// tensor (3K for a Flow++ conditioner's output), more than the hardware prefetchers follow.
+constexpr int64_t kPrefetchLanes = 64;
+
 // A tensor read or written through an ElemLayout, n <= kSize lanes at a time (lane j = inner index i + j).
 template <typename scalar_t, typename ptr_t>
 struct Strided {
@@ -30,12 +49,34 @@ struct Strided {
 
   ptr_t at(int64_t b, int64_t o, int64_t i, int64_t k = 0) const { return p + b * L.b + o * L.o + i * L.i + k * L.k; }
 
+  // Asks for the lanes kPrefetchLanes after (o, i) (the next blocks of a run; a hint, never a fault).
+  void prefetch(int64_t b, int64_t o, int64_t i, int64_t k) const {
+    __builtin_prefetch(at(b, o, i + kPrefetchLanes, k));
+  }
   Vec load(int64_t b, int64_t o, int64_t i, int64_t n, int64_t k = 0) const {
     const scalar_t* q = at(b, o, i, k);
     if (L.i == 1 && n == IO::kSize) return IO::load(q);
     math_t tmp[IO::kSize] = {};
     for (int64_t j = 0; j < n; ++j) tmp[j] = static_cast<math_t>(q[j * L.i]);
     return Vec::loadu(tmp);
+  }
+  // store() with a non-temporal (cache-bypassing) store where a whole float/double vector lands on one
+  // aligned line, so written gradients are not first read into the caches; call stream_fence() after.
+  void store_stream(int64_t b, int64_t o, int64_t i, int64_t n, const Vec& v, int64_t k = 0) const {
+#if DGM_STREAM_STORES
+    if constexpr (std::is_same_v<scalar_t, math_t>) {
+      scalar_t* q = at(b, o, i, k);
+      if (L.i == 1 && n == IO::kSize && reinterpret_cast<uintptr_t>(q) % sizeof(Vec) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(q, v); else _mm512_stream_pd(q, v);
+#else
+        if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(q, v); else _mm256_stream_pd(q, v);
+#endif
+        return;
+      }
+    }
+#endif
+    store(b, o, i, n, v, k);
   }
   void store(int64_t b, int64_t o, int64_t i, int64_t n, const Vec& v, int64_t k = 0) const {
     scalar_t* q = at(b, o, i, k);
@@ -75,6 +116,9 @@ struct Tile {
       pi[k] = P.load(b, o, i, n, k);
       mu[k] = U.load(b, o, i, n, k);
       l[k] = S.load(b, o, i, n, k);
+      P.prefetch(b, o, i, k);
+      U.prefetch(b, o, i, k);
+      S.prefetch(b, o, i, k);
     }
   }
   auto loader() const {
@@ -137,8 +181,7 @@ void fwd_impl(const MixInputs& in, at::Tensor& y, at::Tensor& logdet, double cla
                            q_k = Q[k];
                          },
                          exact);
-        const auto st = mix_stats<false>(out, vmin, K, load);
-        ld = Vec(0) - (st.log_pdf() - st.log_cdf() - st.log_sf() + s);
+        ld = Vec(0) - (mix_logdet_term(out, vmin, K, load) + s);
       }
       Out<scalar_t>{yp, {N, M, 1, 0}}.store(b, 0, e, n, out);
       acc = acc + Vec::set(Vec(0), ld, n);
@@ -169,23 +212,29 @@ void bwd_impl(const MixInputs& in, const at::Tensor& gy, const ElemLayout& Lgy, 
 
   parallel_rows<math_t>(B, N, nullptr, [&](int64_t b, int64_t lo, int64_t hi) {
     Tile<scalar_t> tile(K);
+    std::vector<MixLinTerm<Vec>> terms(K);  // computed once, read by both passes over K
     const Vec g_ld(gldp[b]);
     for_blocks(lo, hi, M, IO::kSize, [&](int64_t o, int64_t i, int64_t n, int64_t e) {
       tile.fill(P, U, S, b, o, i, n);
+      const auto load = tile.loader();
+      const Vec xin = X.load(b, o, i, n);
+      const auto loaded = loaded_terms(xin, vmin, K, load);
+      for (int64_t k = 0; k < K; ++k) terms[k] = loaded(k);
       Vec gx, gr, gt;
       mixlogistic_bwd_elem<MAP>(
-          X.load(b, o, i, n), R.load(b, o, i, n), Sh.load(b, o, i, n), GY.load(b, o, i, n), g_ld, vclamp, vmin,
-          shift_scale, reverse, K, tile.loader(),
+          xin, R.load(b, o, i, n), Sh.load(b, o, i, n), GY.load(b, o, i, n), g_ld, vclamp, vmin, shift_scale,
+          reverse, K, [&](int64_t k) -> const MixLinTerm<Vec>& { return terms[k]; }, load,
           [&](int64_t k, const Vec& g_pi, const Vec& g_mu, const Vec& g_l) {
-            GP.store(b, o, i, n, g_pi, k);
-            GU.store(b, o, i, n, g_mu, k);
-            GS.store(b, o, i, n, g_l, k);
+            GP.store_stream(b, o, i, n, g_pi, k);
+            GU.store_stream(b, o, i, n, g_mu, k);
+            GS.store_stream(b, o, i, n, g_l, k);
           },
           &gx, &gr, &gt);
       GX.store(b, 0, e, n, gx);
       GR.store(b, 0, e, n, gr);
       if (g_t != nullptr) GT.store(b, 0, e, n, gt);
     });
+    stream_fence();
     return math_t(0);
   });
 }

@@ -81,8 +81,7 @@ __global__ void mixlogistic_fwd_kernel(const scalar_t* __restrict__ x,  // input
         return st.log_cdf() - st.log_sf();
       };
       res = mix_bisect(v, mu_min - width, mu_max + width, iters, K, load_emq, exact);
-      const auto st = mix_stats<false>(res, min_ls, K, load);
-      ld = -(st.log_pdf() - st.log_cdf() - st.log_sf() + s);
+      ld = -(mix_logdet_term(res, min_ls, K, load) + s);
     }
     out[b * N + e] = static_cast<scalar_t>(res);
   }
@@ -112,10 +111,11 @@ __global__ void mixlogistic_bwd_kernel(const scalar_t* __restrict__ x,  // the p
   const ElemPos pos{b, e / M, e % M};
   const ParamPtrs<scalar_t> load{pi + pos(Lpi), mu + pos(Lmu), l + pos(Ll), Lpi.k, Lmu.k, Ll.k};
   scalar_t *gp = g_pi + pos(Lgpi), *gm = g_mu + pos(Lgmu), *gs = g_l + pos(Lgl);
+  const T xv = static_cast<T>(x[pos(Lx)]);
   T gin, gr, gt;
   mixlogistic_bwd_elem<MAP>(
-      static_cast<T>(x[pos(Lx)]), static_cast<T>(r[pos(Lr)]), static_cast<T>(t[pos(Lt)]),
-      static_cast<T>(gy[pos(Lgy)]), gld[b], clamp, min_ls, shift_scale, reverse, K, load,
+      xv, static_cast<T>(r[pos(Lr)]), static_cast<T>(t[pos(Lt)]), static_cast<T>(gy[pos(Lgy)]), gld[b], clamp,
+      min_ls, shift_scale, reverse, K, loaded_terms(xv, min_ls, K, load), load,
       [&](int64_t k, T a, T m, T s) {
         gp[k * Lgpi.k] = static_cast<scalar_t>(a);
         gm[k * Lgmu.k] = static_cast<scalar_t>(m);

@@ -22,6 +22,9 @@ namespace dgm {
 
 DGM_HOST_DEVICE DGM_INLINE float exp(float x) { return ::expf(x); }
 DGM_HOST_DEVICE DGM_INLINE double exp(double x) { return ::exp(x); }
+// exp for hot loops: on the CPU the vector overloads (csrc/cpu/vec_math.h) are inlined, no library call.
+DGM_HOST_DEVICE DGM_INLINE float exp_inline(float x) { return ::expf(x); }
+DGM_HOST_DEVICE DGM_INLINE double exp_inline(double x) { return ::exp(x); }
 DGM_HOST_DEVICE DGM_INLINE float log(float x) { return ::logf(x); }
 DGM_HOST_DEVICE DGM_INLINE double log(double x) { return ::log(x); }
 DGM_HOST_DEVICE DGM_INLINE float log1p(float x) { return ::log1pf(x); }
