@@ -37,15 +37,20 @@ def saved_bytes_of(fn):
     return out, sum(seen.values())
 
 
-def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtype=torch.float32, progress=None):
+def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtype=torch.float32, init=None,
+              progress=None):
     """Trains build() in `dtype` for `steps` Adam steps on batches(step) with every dgmfast op on `backend`.
 
-    loss_fn(model, batch) -> scalar loss. Returns losses per step, step times (ms), saved-for-backward
-    bytes of one step and, on CUDA, the allocator's peak.
+    loss_fn(model, batch) -> scalar loss. init(model), if given, runs once under no_grad after the model is
+    moved to `device` and `dtype` (e.g. a data-dependent initialization on its own batch). Returns losses per
+    step, step times (ms), saved-for-backward bytes of one step and, on CUDA, the allocator's peak.
     """
     torch.manual_seed(seed)
     with dgmfast.use_backend(backend):
         model = build().to(device=device, dtype=dtype)
+        if init is not None:
+            with torch.no_grad():
+                init(model)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         losses, times, saved = [], [], None
         if device.type == "cuda":
@@ -78,14 +83,15 @@ def max_rel_diff(a, b, steps=100):
     return max(rel) if rel else None
 
 
-def agreement(build, loss_fn, batches, *, steps, lr, fused, seed, device, progress=None):
+def agreement(build, loss_fn, batches, *, steps, lr, fused, seed, device, init=None, progress=None):
     """Max relative loss difference, reference vs `fused`, over the first 100 of `steps` steps trained
-    in float64. In float32 the two curves drift apart by more than the kernels' rounding: Adam's first
-    steps move every parameter by about lr * sign(gradient), so a parameter whose gradient is ~0 (a
-    zero-initialized output layer, say) moves by +-lr on the sign of its rounding error, and the
-    difference then grows with the training dynamics. Float64 leaves the math as the only difference."""
+    in float64. In float32 the two curves can drift apart by more than the kernels' rounding: Adam's first
+    steps move every parameter by about lr * sign(gradient), so a parameter whose gradient is ~0 moves by
+    +-lr on the sign of its rounding error, and the difference then grows with the training dynamics (the
+    flow scripts avoid the worst case, see train_flow.init_actnorms). Float64 leaves the math as the only
+    difference."""
     runs = [train_run(build, loss_fn, batches, steps=min(steps, 100), lr=lr, backend=b, seed=seed, device=device,
-                      dtype=torch.float64, progress=progress) for b in ("torch", fused)]
+                      dtype=torch.float64, init=init, progress=progress) for b in ("torch", fused)]
     return max_rel_diff(runs[0]["losses"], runs[1]["losses"])
 
 
