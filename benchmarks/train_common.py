@@ -37,13 +37,31 @@ def saved_bytes_of(fn):
     return out, sum(seen.values())
 
 
+def fused_op_ms(prof, steps):
+    """CPU ms per step spent inside dgmfast's ops in a torch.profiler profile of `steps` steps: the outermost
+    events that are dgmfast autograd Functions (``<op>_function`` and its ``Backward`` node) or direct
+    ``dgmfast_C`` kernel calls (no-grad calls, the reference backend's calls do not have these names)."""
+    def fused(e):
+        return e.name.startswith("dgmfast_C::") or e.name.endswith(("_function", "_functionBackward"))
+
+    def outermost(e):
+        p = e.cpu_parent
+        while p is not None and not fused(p):
+            p = p.cpu_parent
+        return p is None
+
+    return sum(e.cpu_time_total for e in prof.events() if fused(e) and outermost(e)) / 1e3 / steps
+
+
 def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtype=torch.float32, init=None,
-              progress=None):
+              profile_steps=0, progress=None):
     """Trains build() in `dtype` for `steps` Adam steps on batches(step) with every dgmfast op on `backend`.
 
     loss_fn(model, batch) -> scalar loss. init(model), if given, runs once under no_grad after the model is
     moved to `device` and `dtype` (e.g. a data-dependent initialization on its own batch). Returns losses per
-    step, step times (ms), saved-for-backward bytes of one step and, on CUDA, the allocator's peak.
+    step, step times (ms), saved-for-backward bytes of one step and, on CUDA, the allocator's peak. On a CPU,
+    the last `profile_steps` steps run under torch.profiler (and are left out of the step time) to measure
+    the time spent inside dgmfast's ops (`fused_op_ms`).
     """
     torch.manual_seed(seed)
     with dgmfast.use_backend(backend):
@@ -55,7 +73,11 @@ def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtyp
         losses, times, saved = [], [], None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        profiled = profile_steps if device.type == "cpu" else 0
         for step in range(steps):
+            if step == steps - profiled:
+                prof.start()
             batch = batches(step)
             batch = batch.to(dtype) if batch.is_floating_point() else batch
             t0 = time.perf_counter()
@@ -72,9 +94,12 @@ def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtyp
             losses.append(loss.item())
             if progress is not None:
                 progress.update(1)
+        if profiled:
+            prof.stop()
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return dict(backend=backend, model=model, losses=losses, step_ms=statistics.median(times[1:] or times),
-                saved_bytes=saved, cuda_peak_bytes=peak)
+    timed = times[1:steps - profiled] or times
+    return dict(backend=backend, model=model, losses=losses, step_ms=statistics.median(timed), saved_bytes=saved,
+                cuda_peak_bytes=peak, fused_op_ms=fused_op_ms(prof, profiled) if profiled else None)
 
 
 def max_rel_diff(a, b, steps=100):
@@ -103,11 +128,38 @@ def compare(runs):
                saved_mib_dgmfast=fused["saved_bytes"] / 2**20,
                memory_reduction=1 - fused["saved_bytes"] / ref["saved_bytes"] if ref["saved_bytes"] else None,
                max_rel_loss_diff_first_100=max_rel_diff(ref["losses"], fused["losses"]),
-               dgmfast_backend=fused["backend"])
+               dgmfast_backend=fused["backend"], fused_op_ms=fused["fused_op_ms"])
+    if fused["fused_op_ms"] is not None:
+        # the speed-up if dgmfast's ops took no time at all: the rest of the step is the same in both runs
+        out["speedup_ceiling"] = ref["step_ms"] / max(fused["step_ms"] - fused["fused_op_ms"], 1e-9)
     if ref["cuda_peak_bytes"] is not None:
         out.update(cuda_peak_mib_reference=ref["cuda_peak_bytes"] / 2**20,
                    cuda_peak_mib_dgmfast=fused["cuda_peak_bytes"] / 2**20)
     return out
+
+
+def print_table(columns, rows):
+    """Prints a markdown table: columns = [(header, format(row) -> str)], rows = [row]."""
+    print("\n| " + " | ".join(h for h, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(fmt(row) for _, fmt in columns) + " |")
+
+
+def run_columns():
+    """The table columns every training comparison shares (rows are compare() summaries with a "name")."""
+    return [("model", lambda s: s["name"]), ("step ms ref", lambda s: f"{s['step_ms_reference']:.1f}"),
+            ("step ms dgmfast", lambda s: f"{s['step_ms_dgmfast']:.1f}"), ("speed-up", lambda s: f"{s['speedup']:.2f}"),
+            ("ceiling", lambda s: f"{s['speedup_ceiling']:.2f}" if s.get("speedup_ceiling") else "-"),
+            ("max rel diff float32", lambda s: f"{s['max_rel_loss_diff_first_100']:.1e}"),
+            ("max rel diff float64", lambda s: f"{s['max_rel_loss_diff_float64']:.1e}")]
+
+
+TABLE_NOTES = ("ceiling: the speed-up if dgmfast's ops took no time (reference step / (dgmfast step - time inside "
+               "dgmfast's ops, from a profile of the last steps)); everything else in the step is the same in both "
+               "runs.\nmax rel diff: largest |ref - dgmfast| / |ref| of the training loss over the first 100 steps, same "
+               "seed (float32: the timed runs; float64: the same training in float64, where rounding no longer "
+               "dominates)")
 
 
 def plot_curves(curves, path, ylabel, title):

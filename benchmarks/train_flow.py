@@ -19,7 +19,8 @@ import sys
 import torch
 
 import dgmfast
-from benchmarks.train_common import RESULTS, agreement, compare, fused_backend, plot_curves, train_run, write_json
+from benchmarks.train_common import (RESULTS, TABLE_NOTES, agreement, compare, fused_backend, plot_curves, print_table,
+                                     run_columns, train_run, write_json)
 from dgmfast import functional as F
 
 N_BITS = 5
@@ -104,7 +105,7 @@ def main(argv=None):
     with tqdm(total=2 * (steps + min(steps, 100)) * len(configs), desc="train_flow", file=sys.stderr) as bar:
         for model_name, dequant in configs:
             runs = [train_run(lambda: build(model_name, dequant), bits_per_dim, batches, steps=steps, lr=args.lr,
-                              backend=b, seed=args.seed, device=device, init=init, progress=bar)
+                              backend=b, seed=args.seed, device=device, init=init, profile_steps=5, progress=bar)
                     for b in ("torch", fused)]
             name = f"{model_name}-{dequant}"
             summary[name] = compare(runs)
@@ -120,16 +121,13 @@ def main(argv=None):
     plot_path = os.path.join(args.out, f"train_flow-{device.type}.png")
     plot_curves(curves, plot_path, "bits/dim (train batch)", "Flow training: reference vs dgmfast, same seed")
     write_json(dict(args=vars(args), summary=summary, curves=curves), os.path.join(args.out, f"train_flow-{device.type}.json"))
-    print(f"\n| model | step ms ref | step ms dgmfast | speed-up | saved MiB ref | saved MiB dgmfast | memory -% | "
-          f"max rel diff float32 | max rel diff float64 | held-out bpd |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, s in summary.items():
-        print(f"| {name} | {s['step_ms_reference']:.1f} | {s['step_ms_dgmfast']:.1f} | {s['speedup']:.2f} | "
-              f"{s['saved_mib_reference']:.1f} | {s['saved_mib_dgmfast']:.1f} | {100 * s['memory_reduction']:.0f} | "
-              f"{s['max_rel_loss_diff_first_100']:.1e} | {s['max_rel_loss_diff_float64']:.1e} | "
-              f"{s['heldout_bpd']:.3f} |")
-    print("max rel diff: largest |ref - dgmfast| / |ref| of the training loss over the first 100 steps, same seed "
-          "(float32: the timed runs; float64: the same training in float64, where rounding no longer dominates)")
+    columns = run_columns()
+    columns[5:5] = [("saved MiB ref", lambda s: f"{s['saved_mib_reference']:.1f}"),
+                    ("saved MiB dgmfast", lambda s: f"{s['saved_mib_dgmfast']:.1f}"),
+                    ("memory -%", lambda s: f"{100 * s['memory_reduction']:.0f}")]
+    columns.append(("held-out bpd", lambda s: f"{s['heldout_bpd']:.3f}"))
+    print_table(columns, [dict(s, name=name) for name, s in summary.items()])
+    print(TABLE_NOTES)
     print(f"plot: {plot_path}")
     return summary
 

@@ -21,7 +21,8 @@ from torch import nn
 
 import dgmfast
 import dgmfast.data
-from benchmarks.train_common import RESULTS, agreement, compare, fused_backend, plot_curves, train_run, write_json
+from benchmarks.train_common import (RESULTS, TABLE_NOTES, agreement, compare, fused_backend, plot_curves, print_table,
+                                     run_columns, train_run, write_json)
 from dgmfast import functional as F
 
 LATENTS = 10
@@ -97,7 +98,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--quick", action="store_true", help="60 steps, small metric samples")
+    p.add_argument("--quick", action="store_true", help="100 steps, small metric samples")
     p.add_argument("--metrics", action="store_true", help="run the six metrics on the trained models")
     p.add_argument("--sweep", action="store_true", help="beta in {1,4,8}, DIP lambda_od in {1,10} (dgmfast only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +109,7 @@ def main(argv=None):
 
     dgmfast.tune_cpu_allocator()
     device = torch.device(args.device)
-    steps = 60 if args.quick else args.steps
+    steps = 100 if args.quick else args.steps
     fused = fused_backend(device)
     batches = dsprites_batches(args.batch, args.seed, device)
     kinds = ["beta", "dip"] if args.model == "both" else [args.model]
@@ -120,7 +121,7 @@ def main(argv=None):
             for b in ("torch", fused):
                 stats = []
                 run = train_run(ConvVAE, vae_loss(kind, stats=stats), batches, steps=steps, lr=args.lr, backend=b,
-                                seed=args.seed, device=device, progress=bar)
+                                seed=args.seed, device=device, profile_steps=5, progress=bar)
                 run["stats"] = stats
                 runs.append(run)
             summary[kind] = compare(runs)
@@ -149,13 +150,11 @@ def main(argv=None):
     plot_curves(curves, plot_path, "loss (train batch)", "VAE training on dSprites: reference vs dgmfast, same seed")
     write_json(dict(args=vars(args), summary=summary, sweep=sweep, curves=curves),
                os.path.join(args.out, f"train_vae-{device.type}.json"))
-    print("\n| model | step ms ref | step ms dgmfast | speed-up | max rel diff float32 | max rel diff float64 | "
-          "recon | KL | MI | marginal KL | TC |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    columns = run_columns() + [(h, lambda s, k=k: f"{s[k]:.2f}") for h, k in (
+        ("recon", "recon"), ("KL", "kl"), ("MI", "mi"), ("marginal KL", "marginal_kl"), ("TC", "tc"))]
+    print_table(columns, [dict(s, name=kind) for kind, s in summary.items()])
+    print(TABLE_NOTES)
     for kind, s in summary.items():
-        print(f"| {kind} | {s['step_ms_reference']:.1f} | {s['step_ms_dgmfast']:.1f} | {s['speedup']:.2f} | "
-              f"{s['max_rel_loss_diff_first_100']:.1e} | {s['max_rel_loss_diff_float64']:.1e} | {s['recon']:.1f} | "
-              f"{s['kl']:.2f} | {s['mi']:.2f} | {s['marginal_kl']:.2f} | {s['tc']:.2f} |")
         if "metrics_line" in s:
             print(f"  metrics ({kind}): {s['metrics_line']}")
     for key, s in sweep.items():

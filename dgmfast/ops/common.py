@@ -83,9 +83,9 @@ class FusedOp:
     setup_context/backward when autograd needs it. Under tracing (torch.compile, make_fx, fake
     tensors) every call goes to the custom op, so graphs hold it as one opaque node with its fake."""
 
-    def __init__(self, op):
+    def __init__(self, op, impl):
         self.op = op
-        self._impl = op._init_fn
+        self._impl = impl  # the function the custom op was made from
         self._function = None
 
     def register_fake(self, fn):
@@ -115,7 +115,7 @@ class FusedOp:
 def custom_op(name: str):
     """Decorator: `torch.library.custom_op(name, mutates_args=())` wrapped in a `FusedOp`."""
     def wrap(fn):
-        return FusedOp(torch.library.custom_op(name, mutates_args=())(fn))
+        return FusedOp(torch.library.custom_op(name, mutates_args=())(fn), fn)
     return wrap
 
 
