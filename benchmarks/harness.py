@@ -95,9 +95,11 @@ def time_steps_ms(steps, device: torch.device, quick: bool = False) -> dict:
 
     GPUs: triton's do_bench, one step after the other. CPUs: the steps are timed interleaved, one block of
     calls (about 2 ms, after one untimed call) of every step per round, rounds in alternating order, and
-    each step's median per call over its blocks is reported: on a shared machine, load that comes and goes
-    (and the stalls of an OpenMP thread that lost its core) then hits every implementation alike, instead
-    of whichever was being timed during the burst.
+    each step's median over its individually timed calls is reported. On a shared machine, load that comes
+    and goes (and the stalls of an OpenMP thread that lost its core) then hits every implementation alike,
+    instead of whichever was being timed during the burst; and a call that stalls is one sample, so a
+    faster step (more calls per block) is not penalized as it is by a median of block means, where a
+    block is spoiled by any stalled call in it.
     """
     times = {}
     if device.type == "cuda":
@@ -108,7 +110,7 @@ def time_steps_ms(steps, device: torch.device, quick: bool = False) -> dict:
                 times[name] = triton.testing.do_bench(step, warmup=10 if quick else 25, rep=40 if quick else 200,
                                                       return_mode="median")
         return times
-    calls, blocks = {}, {name: [] for name in steps}
+    calls, samples = {}, {name: [] for name in steps}
     for name, (step, context) in steps.items():  # warm-up, then calls per block of about 2 ms
         with context():
             step()
@@ -120,12 +122,9 @@ def time_steps_ms(steps, device: torch.device, quick: bool = False) -> dict:
             step, context = steps[name]
             with context():
                 step()  # untimed: the block starts from this step's own warm caches, not the previous step's
-                t0 = time.perf_counter()
-                for _ in range(calls[name]):
-                    step()
-                blocks[name].append((time.perf_counter() - t0) / calls[name])
+                samples[name] += [_seconds(step) for _ in range(calls[name])]
         rounds += 1
-    return {name: statistics.median(b) * 1e3 for name, b in blocks.items()}
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def saved_bytes(fn, args, kwargs) -> int:
