@@ -4,9 +4,13 @@ A family's file benchmarks/bench_<family>.py defines ``cases(device, quick) -> l
 Each case times the eager reference, torch.compile of the reference and every available dgmfast
 backend on the same inputs, and reports bytes moved against the device's measured copy bandwidth.
 """
+import contextlib
 import dataclasses
+import functools
 import importlib
 import pkgutil
+import statistics
+import time
 import warnings
 from typing import Callable, Optional
 
@@ -75,15 +79,52 @@ def make_step(fn, args, kwargs, mode):
 
 
 def time_ms(step, device: torch.device, quick: bool = False) -> float:
-    """Median milliseconds of one step: triton's do_bench on GPUs, torch.utils.benchmark on CPUs."""
+    """Median milliseconds of one step (see time_steps_ms)."""
+    return time_steps_ms({"step": (step, contextlib.nullcontext)}, device, quick)["step"]
+
+
+def _seconds(step) -> float:
+    start = time.perf_counter()
     step()
+    return time.perf_counter() - start
+
+
+def time_steps_ms(steps, device: torch.device, quick: bool = False) -> dict:
+    """Median milliseconds per step of each entry of `steps` (name -> (step, context factory), every call
+    of a step runs inside its context, e.g. a forced dgmfast backend).
+
+    GPUs: triton's do_bench, one step after the other. CPUs: the steps are timed interleaved, one block of
+    calls (about 2 ms, after one untimed call) of every step per round, rounds in alternating order, and
+    each step's median over its individually timed calls is reported. On a shared machine, load that comes
+    and goes (and the stalls of an OpenMP thread that lost its core) then hits every implementation alike,
+    instead of whichever was being timed during the burst; and a call that stalls is one sample, so a
+    faster step (more calls per block) is not penalized as it is by a median of block means, where a
+    block is spoiled by any stalled call in it.
+    """
+    times = {}
     if device.type == "cuda":
         import triton.testing
-        return triton.testing.do_bench(step, warmup=10 if quick else 25, rep=40 if quick else 200,
-                                       return_mode="median")
-    from torch.utils.benchmark import Timer
-    m = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return m.blocked_autorange(min_run_time=0.2 if quick else 1.0).median * 1e3
+        for name, (step, context) in steps.items():
+            with context():
+                step()
+                times[name] = triton.testing.do_bench(step, warmup=10 if quick else 25, rep=40 if quick else 200,
+                                                      return_mode="median")
+        return times
+    calls, samples = {}, {name: [] for name in steps}
+    for name, (step, context) in steps.items():  # warm-up, then calls per block of about 2 ms
+        with context():
+            step()
+            calls[name] = max(1, int(2e-3 / max(min(_seconds(step) for _ in range(3)), 1e-7)))
+    budget = (0.2 if quick else 1.0) * len(steps)
+    order, rounds, start = list(steps), 0, time.perf_counter()
+    while rounds < 5 or time.perf_counter() - start < budget:
+        for name in order if rounds % 2 == 0 else reversed(order):
+            step, context = steps[name]
+            with context():
+                step()  # untimed: the block starts from this step's own warm caches, not the previous step's
+                samples[name] += [_seconds(step) for _ in range(calls[name])]
+        rounds += 1
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def saved_bytes(fn, args, kwargs) -> int:
@@ -109,26 +150,34 @@ def copy_bandwidth_gbps(device: torch.device) -> float:
     return 2 * src.nbytes / (ms * 1e-3) / 1e9
 
 
+@contextlib.contextmanager
+def _quiet_backend(name):
+    """dgmfast's backend `name` forced, its warnings silenced."""
+    with dgmfast.use_backend(name), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick=False, compile_reference=True):
     """Times one case; returns a result row (dict)."""
     args, kwargs = case.make(device, dtype)
     row = dict(op=case.op, shape=case.shape, dtype=str(dtype).replace("torch.", ""), device=device.type,
                mode=case.mode, bytes=case.bytes(args, kwargs), flops=case.flops(args, kwargs) if case.flops else None)
-    row["eager_ms"] = None
+    steps = {}
     if case.skip_eager:
         row["eager_skipped"] = case.skip_eager
     else:
-        row["eager_ms"] = time_ms(make_step(case.reference, args, kwargs, case.mode), device, quick)
-    row["compile_ms"] = None
+        steps["eager"] = (make_step(case.reference, args, kwargs, case.mode), contextlib.nullcontext)
     if compile_reference:
         torch._dynamo.reset()
         compiled = torch.compile(case.reference, dynamic=False)
-        row["compile_ms"] = time_ms(make_step(compiled, args, kwargs, case.mode), device, quick)
-    row["backends"] = {}
+        steps["compile"] = (make_step(compiled, args, kwargs, case.mode), contextlib.nullcontext)
     for name in dgmfast_backends(device):
-        with dgmfast.use_backend(name), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            row["backends"][name] = time_ms(make_step(case.fused, args, kwargs, case.mode), device, quick)
+        with _quiet_backend(name):
+            steps[name] = (make_step(case.fused, args, kwargs, case.mode), functools.partial(_quiet_backend, name))
+    times = time_steps_ms(steps, device, quick)
+    row["eager_ms"], row["compile_ms"] = times.pop("eager", None), times.pop("compile", None)
+    row["backends"] = times
     if case.mode == "fwd+bwd":
         row["saved_eager"] = None if case.skip_eager else saved_bytes(case.reference, args, kwargs)
         best = min(row["backends"], key=row["backends"].get) if row["backends"] else None

@@ -62,8 +62,9 @@ def markdown(head, rows):
              f"{head['threads']} threads, {head['date']}. Copy ceiling: {head['copy_gbps']:.1f} GB/s. "
              f"glibc large-block trimming {'off' if head.get('cpu_allocator_tuned') else 'on'} for every "
              "implementation (dgmfast.tune_cpu_allocator). "
-             "Times are medians in ms; speedups are of the fastest dgmfast backend; GB/s counts the bytes a "
-             "fused kernel must move; saved = bytes autograd keeps for backward.", "",
+             "Times are medians in ms (on CPUs of blocks timed interleaved across implementations, "
+             "benchmarks/harness.py time_steps_ms); speedups are of the fastest dgmfast backend; GB/s counts "
+             "the bytes a fused kernel must move; saved = bytes autograd keeps for backward.", "",
              "| op | shape | dtype | mode | eager | compile | " + " | ".join(backends)
              + " | x eager | x compile | GB/s | % copy | saved eager MiB | saved dgmfast MiB |",
              "|" + "---|" * (12 + len(backends))]
