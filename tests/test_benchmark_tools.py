@@ -1,10 +1,15 @@
-"""The end-to-end training comparison (benchmarks/train_common.py, train_flow.py) on a few steps: the
-fused-op time it reports comes from dgmfast's ops only, and the two runs train the same model."""
+"""The benchmark tools: the harness's interleaved CPU timing and result rows (benchmarks/harness.py), and
+the end-to-end training comparison (benchmarks/train_common.py, train_flow.py) on a few steps: the fused-op
+time it reports comes from dgmfast's ops only, and the two runs train the same model."""
+import contextlib
+import time
+
 import pytest
 import torch
 
 import dgmfast
 from benchmarks import train_flow
+from benchmarks.harness import all_cases, dgmfast_backends, run_case, time_steps_ms
 from benchmarks.train_common import fused_op_ms, max_rel_diff
 from dgmfast import functional as F
 
@@ -47,3 +52,33 @@ def test_train_flow_runs_both_ways(tmp_path):
     assert s["max_rel_loss_diff_first_100"] < 1e-4
     assert s["max_rel_loss_diff_float64"] < 1e-10
     assert (tmp_path / "train_flow-cpu.json").exists() and (tmp_path / "train_flow-cpu.png").exists()
+
+
+def test_time_steps_ms_interleaves():
+    """Every step is timed, each block of calls runs inside the step's own context, and the rounds
+    alternate the order of the steps."""
+    log = []
+
+    def context(name):
+        @contextlib.contextmanager
+        def enter():
+            log.append(name)
+            yield
+        return enter
+
+    def slow():
+        time.sleep(2e-3)
+
+    times = time_steps_ms({"fast": (lambda: None, context("fast")), "slow": (slow, context("slow"))},
+                          torch.device("cpu"), quick=True)
+    assert set(times) == {"fast", "slow"} and 0 < times["fast"] < times["slow"]
+    blocks = log[2:]  # after one warm-up entry per step
+    assert blocks[:4] == ["fast", "slow", "slow", "fast"] and blocks.count("fast") == blocks.count("slow") >= 5
+
+
+def test_run_case_row():
+    case = next(c for c in all_cases(torch.device("cpu"), quick=True, ops={"actnorm"}) if c.mode == "reverse")
+    row = run_case(case, torch.device("cpu"), torch.float32, quick=True, compile_reference=False)
+    assert row["eager_ms"] > 0 and row["compile_ms"] is None
+    assert set(row["backends"]) == set(dgmfast_backends(torch.device("cpu"))) and all(
+        t > 0 for t in row["backends"].values())
