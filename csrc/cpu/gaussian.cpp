@@ -282,12 +282,18 @@ MixtureTables<math_t> make_tables(const at::Tensor& means, const at::Tensor& lvs
       for (int64_t d = 0; d < D; ++d) {
         const math_t lv = static_cast<math_t>(lp[k * l0 + d * l1]);
         t.mT[d * Ks + k] = static_cast<math_t>(mp[k * m0 + d * m1]);
-        t.pT[d * Ks + k] = std::exp(-lv);
+        t.pT[d * Ks + k] = -lv;  // exponentiated below, a vector at a time
         if (per_dim) t.base[d * Ks + k] = wk - half_log2pi - math_t(0.5) * lv;
         lv_sum += lv;
       }
       if (!per_dim) t.base[k] = wk - static_cast<math_t>(D) * half_log2pi - math_t(0.5) * lv_sum;
     }
+    using Vec = at::vec::Vectorized<math_t>;
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = begin; k < end; k += Vec::size()) {
+        const int64_t count = std::min<int64_t>(Vec::size(), end - k);
+        Vec::loadu(t.pT.data() + d * Ks + k, count).exp().store(t.pT.data() + d * Ks + k, count);
+      }
   });
   return t;
 }
