@@ -8,13 +8,14 @@
 //   forward   parallel over tiles of kRows rows; per K tile of kKTile lanes the logits go to a
 //             [kRows, kKTile] buffer and update a running (max, sum) per row: an online logsumexp.
 //             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term).
-//   backward  recomputes the logits; responsibilities r = g * exp(logit - out) use the saved output.
-//             pass A, parallel over row tiles: g_z[n, d] = -sum_k r (z - m) p.
-//             pass B, parallel over blocks of components, each summing over n in order:
-//             g_m = sum_n r (z - m) p,  g_lv = 0.5 sum_n r ((z - m)^2 p - 1),  g_w = sum_n r.
-// Both passes own their outputs, so results are deterministic for any thread count. Extra memory:
-// the tables (O(K*D)), per-thread buffers (O(K)), and z as a contiguous math-dtype copy when it is
-// not one already (half inputs).
+//   backward  one fused pass: the row tiles are split into one contiguous slot per thread; per (K tile, row tile)
+//             block it recomputes the logits once (as the forward), forms r = g * exp(logit - out) with the saved
+//             output, then per d, with diff = z - m: g_z[n, d] = -sum_k r diff p (the slot owns its rows), and into
+//             the slot's own [D][Ks] sums: sum_n r diff, sum_n r diff^2, sum_n r (and over non-band pairs for g_w).
+//             The slots' sums are added in slot order: g_m = p sum r diff, g_lv = 0.5 (p sum r diff^2 - sum r).
+// Results are deterministic run to run (the parameter gradients' last bits depend on the thread count, through the
+// slots). Extra memory: the tables (O(K*D)), per-slot sums (O(K*D) each), per-thread buffers (O(K)), and z as a
+// contiguous math-dtype copy when it is not one already (half inputs).
 // MSS pair weights (SPEC §10): pair (n, k) with o = (k - n - band_offset) mod K < len(band) takes
 // log weight band[o] instead of log_weights[k]; band pairs get no log_weights gradient.
 #include "loops.h"
@@ -229,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_bwd_cpu(
 
 // ---- diagonal-Gaussian mixture -------------------------------------------------------------------
 
-constexpr int64_t kRows = 8;     // rows per register tile (forward, pass A)
+constexpr int64_t kRows = 8;     // rows per register tile
 constexpr int64_t kKTile = 512;  // component lanes per online-logsumexp tile
 
 template <typename math_t>
