@@ -485,7 +485,7 @@ void for_slot_blocks(const MixtureTables<math_t>& t, const math_t* z, int64_t N,
 
 // per_dim=false, one slot. Per block: the logits (logits_tile, [vector][row][lane]), r = g exp(logit - out) in
 // place, the sums of r and r * keep; then per d, over the component vectors where some r of the tile is nonzero
-// (an all-zero vector adds exactly 0, so it is skipped), with nd = m - z:
+// (an all-zero vector adds exactly 0, so it is skipped), two at a time, with nd = m - z:
 //   rd -= r nd,  rd2 += r nd^2,  g_z[n, d] += sum_k r nd p.
 template <typename math_t>
 void mixture_bwd_joint_slot(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
@@ -493,11 +493,12 @@ void mixture_bwd_joint_slot(const MixtureTables<math_t>& t, const math_t* z, con
   using Vec = at::vec::Vectorized<math_t>;
   constexpr int64_t L = Vec::size();
   const int64_t D = t.D, Ks = t.Ks, Kp = t.Kp;
-  std::vector<math_t> rbuf(kRows * kKTile);
-  std::vector<int64_t> active(kKTile / L);
+  std::vector<math_t> rbuf(kRows * kKTile), zero_r(kRows * L, math_t(0));
+  std::vector<int64_t> active(kKTile / L + 1);
   for_slot_blocks(t, z, N, tile0, tile1, gz, [&](int64_t k0, int64_t k1, int64_t n0, int64_t rows, const math_t* zt,
                                                  const TileDelta<math_t>& band) {
     logits_tile(t, zt, band.delta.data(), k0, k1, rbuf.data(), L, kRows);
+    const auto rbuf_of = [&](int64_t kb) { return kb == Kp ? zero_r.data() : rbuf.data() + (kb - k0) * kRows; };
     math_t ge[kRows], oe[kRows];
     for (int64_t r = 0; r < kRows; ++r) row_grad(r < rows, r < rows ? g[n0 + r] : 0, r < rows ? out[n0 + r] : 0,
                                                  &ge[r], &oe[r]);
@@ -516,24 +517,35 @@ void mixture_bwd_joint_slot(const MixtureTables<math_t>& t, const math_t* z, con
       (Vec::loadu(ps.w.data() + kb) + sum_w).store(ps.w.data() + kb);
       if (mag.zero_mask() != (1 << L) - 1) active[n_active++] = kb;
     }
+    if (n_active % 2) active[n_active++] = Kp;  // the padding vector past Kp: p = 0, r = 0 (zero_r)
     for (int64_t d = 0; d < D; ++d) {
       const math_t *mT = t.mT.data() + d * Ks, *pT = t.pT.data() + d * Ks, *zd = zt + d;
       math_t *rd = ps.rd.data() + d * Ks, *rd2 = ps.rd2.data() + d * Ks;
       Vec gzd[kRows];
       for (int64_t r = 0; r < kRows; ++r) gzd[r] = Vec(0);
-      for (int64_t i = 0; i < n_active; ++i) {
-        const int64_t kb = active[i];
-        const math_t* rv = rbuf.data() + (kb - k0) * kRows;
-        const Vec m = Vec::loadu(mT + kb), p = Vec::loadu(pT + kb);
-        Vec a1[2] = {Vec::loadu(rd + kb), Vec(0)}, a2[2] = {Vec::loadu(rd2 + kb), Vec(0)};  // two shorter chains
-        for (int64_t r = 0; r < kRows; ++r) {
-          const Vec nd = m - Vec(zd[r * D]), r_nd = Vec::loadu(rv + r * L) * nd;
-          a1[r & 1] = a1[r & 1] - r_nd;
-          a2[r & 1] = at::vec::fmadd(r_nd, nd, a2[r & 1]);
-          gzd[r] = at::vec::fmadd(r_nd, p, gzd[r]);
+      for (int64_t i = 0; i < n_active; i += 2) {  // two component vectors at a time: each z broadcast serves both
+        const int64_t kb[2] = {active[i], active[i + 1]};
+        const math_t* rv[2] = {rbuf_of(kb[0]), rbuf_of(kb[1])};
+        Vec m[2], p[2], a1[2], a2[2];
+        for (int j = 0; j < 2; ++j) {
+          m[j] = Vec::loadu(mT + kb[j]);
+          p[j] = Vec::loadu(pT + kb[j]);
+          a1[j] = Vec::loadu(rd + kb[j]);
+          a2[j] = Vec::loadu(rd2 + kb[j]);
         }
-        (a1[0] + a1[1]).store(rd + kb);
-        (a2[0] + a2[1]).store(rd2 + kb);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const Vec zr(zd[r * D]);
+          for (int j = 0; j < 2; ++j) {
+            const Vec nd = m[j] - zr, r_nd = Vec::loadu(rv[j] + r * L) * nd;
+            a1[j] = a1[j] - r_nd;
+            a2[j] = at::vec::fmadd(r_nd, nd, a2[j]);
+            gzd[r] = at::vec::fmadd(r_nd, p[j], gzd[r]);
+          }
+        }
+        for (int j = 0; j < 2; ++j) {
+          a1[j].store(rd + kb[j]);
+          a2[j].store(rd2 + kb[j]);
+        }
       }
       add_lane_sums(gzd, rows, gz + n0 * D + d, D);
     }
