@@ -314,6 +314,36 @@ def test_mixture_cpu_offset_and_tiny_variances(dtype):
             assert_close(g, r, **tol, name=f"{nm} {case}")
 
 
+@pytest.mark.parametrize("per_dim", [False, True])
+def test_mixture_cpu_backward_slots_skipped_blocks_padding(per_dim):
+    # the fused CPU backward splits the rows into one slot per thread: 1, 2 and 3 threads agree with the float64
+    # reference, and each is bitwise reproducible. Components 16..31 lie 50 away with variance e^-4, so their
+    # responsibilities are exactly 0 (whole 16-lane vectors skipped) next to live ones; component 47 sits at the
+    # origin with variance e^-30, so a zero padding row of the last 8-row tile (N = 13) gives it a logit near
+    # +100 (exp overflows): padding rows must add exactly 0, not 0 * inf.
+    N, K, D = 13, 48, 8
+    z, m, lv, w = mixture_inputs(N, K, D, seed=11, dtype=torch.float64)
+    m[16:32] += 50.0
+    lv[16:32] = -4.0
+    m[47], lv[47] = 0.0, -30.0
+    inputs = tuple(a.float().double() for a in (z, m, lv, w))
+    ws = [randn(*((N, D) if per_dim else (N,)), seed=5, dtype=torch.float64)]
+    fn = lambda *a: F.gaussian_mixture_log_prob(*a, per_dim=per_dim)  # noqa: E731
+    (out64,), grads64 = run(fn, inputs, torch.float64, "torch", ws)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            (out,), grads = run(fn, inputs, torch.float32, "cpu", ws)
+            (_,), again = run(fn, inputs, torch.float32, "cpu", ws)
+            for g, r, g2, nm in zip(grads, grads64, again, ["z", "means", "logvars", "log_weights"]):
+                assert_close(g, r, rtol=2e-5, atol=1e-4, name=f"grad_{nm} threads={n}")
+                assert torch.equal(g, g2), f"grad_{nm} differs run to run with {n} threads"
+            assert_close(out, out64, rtol=2e-5, atol=1e-4, name="out")
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
 def test_elbo_surgery_cpu_concentrated_posteriors(estimator):
     # the batch's own posteriors as the mixture (MSS: band weights), ordinary and with variances e^-20

@@ -8,13 +8,14 @@
 //   forward   parallel over tiles of kRows rows; per K tile of kKTile lanes the logits go to a
 //             [kRows, kKTile] buffer and update a running (max, sum) per row: an online logsumexp.
 //             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term).
-//   backward  recomputes the logits; responsibilities r = g * exp(logit - out) use the saved output.
-//             pass A, parallel over row tiles: g_z[n, d] = -sum_k r (z - m) p.
-//             pass B, parallel over blocks of components, each summing over n in order:
-//             g_m = sum_n r (z - m) p,  g_lv = 0.5 sum_n r ((z - m)^2 p - 1),  g_w = sum_n r.
-// Both passes own their outputs, so results are deterministic for any thread count. Extra memory:
-// the tables (O(K*D)), per-thread buffers (O(K)), and z as a contiguous math-dtype copy when it is
-// not one already (half inputs).
+//   backward  one fused pass: the row tiles are split into one contiguous slot per thread; per (K tile, row tile)
+//             block it recomputes the logits once (as the forward), forms r = g * exp(logit - out) with the saved
+//             output, then per d, with diff = z - m: g_z[n, d] = -sum_k r diff p (the slot owns its rows), and into
+//             the slot's own [D][Ks] sums: sum_n r diff, sum_n r diff^2, sum_n r (and over non-band pairs for g_w).
+//             The slots' sums are added in slot order: g_m = p sum r diff, g_lv = 0.5 (p sum r diff^2 - sum r).
+// Results are deterministic run to run (the parameter gradients' last bits depend on the thread count, through the
+// slots). Extra memory: the tables (O(K*D)), per-slot sums (O(K*D) each), per-thread buffers (O(K)), and z as a
+// contiguous math-dtype copy when it is not one already (half inputs).
 // MSS pair weights (SPEC §10): pair (n, k) with o = (k - n - band_offset) mod K < len(band) takes
 // log weight band[o] instead of log_weights[k]; band pairs get no log_weights gradient.
 #include "loops.h"
@@ -229,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_bwd_cpu(
 
 // ---- diagonal-Gaussian mixture -------------------------------------------------------------------
 
-constexpr int64_t kRows = 8;     // rows per register tile (forward, pass A)
+constexpr int64_t kRows = 8;     // rows per register tile
 constexpr int64_t kKTile = 512;  // component lanes per online-logsumexp tile
 
 template <typename math_t>
@@ -282,12 +283,18 @@ MixtureTables<math_t> make_tables(const at::Tensor& means, const at::Tensor& lvs
       for (int64_t d = 0; d < D; ++d) {
         const math_t lv = static_cast<math_t>(lp[k * l0 + d * l1]);
         t.mT[d * Ks + k] = static_cast<math_t>(mp[k * m0 + d * m1]);
-        t.pT[d * Ks + k] = std::exp(-lv);
+        t.pT[d * Ks + k] = -lv;  // exponentiated below, a vector at a time
         if (per_dim) t.base[d * Ks + k] = wk - half_log2pi - math_t(0.5) * lv;
         lv_sum += lv;
       }
       if (!per_dim) t.base[k] = wk - static_cast<math_t>(D) * half_log2pi - math_t(0.5) * lv_sum;
     }
+    using Vec = at::vec::Vectorized<math_t>;
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = begin; k < end; k += Vec::size()) {
+        const int64_t count = std::min<int64_t>(Vec::size(), end - k);
+        Vec::loadu(t.pT.data() + d * Ks + k, count).exp().store(t.pT.data() + d * Ks + k, count);
+      }
   });
   return t;
 }
@@ -301,10 +308,12 @@ const math_t* row_tile(const math_t* z, int64_t N, int64_t D, int64_t n0, std::v
   return pad.data();
 }
 
-// lbuf[r][k - k0] = logit of (row r of the tile, component k) for k in [k0, k1): base + band delta - 0.5*quad.
+// Logit of (row r of the tile, component k), k in [k0, k1): base + band delta - 0.5*quad, stored at
+// lbuf[r * row_stride + (k - k0) * k_scale]: row-major [r][k - k0] with (kKTile, 1), or [vector][r][lane] with
+// (L, kRows) for L-lane vectors.
 template <typename math_t>
 void logits_tile(const MixtureTables<math_t>& t, const math_t* zt, const math_t* delta, int64_t k0, int64_t k1,
-                 math_t* lbuf) {
+                 math_t* lbuf, int64_t row_stride, int64_t k_scale) {
   using Vec = at::vec::Vectorized<math_t>;
   const int64_t D = t.D, Kp = t.Kp;
   for (int64_t kb = k0; kb < k1; kb += Vec::size()) {
@@ -316,7 +325,7 @@ void logits_tile(const MixtureTables<math_t>& t, const math_t* zt, const math_t*
     }
     const Vec c = Vec::loadu(t.base.data() + kb);
     for (int64_t r = 0; r < kRows; ++r)
-      (c + Vec::loadu(delta + r * Kp + kb) - Vec(math_t(0.5)) * acc[r]).store(lbuf + r * kKTile + kb - k0);
+      (c + Vec::loadu(delta + r * Kp + kb) - Vec(math_t(0.5)) * acc[r]).store(lbuf + r * row_stride + (kb - k0) * k_scale);
   }
 }
 
@@ -333,15 +342,20 @@ math_t hsum(const at::vec::Vectorized<math_t>& v) {
   return at::vec::vec_reduce_all<math_t>([](auto a, auto b) { return a + b; }, v);
 }
 
-// Per-thread band deltas of a row tile: delta[r][k] = band[o] - w[k] on the band pairs, else 0.
+// Per-thread band terms of a row tile: delta[r][k] = band[o] - w[k] on the band pairs, else 0; keep[r][k] = 0 on
+// the band pairs (they take no log_weights gradient), else 1.
 template <typename math_t>
 struct TileDelta {
-  std::vector<math_t> delta;
+  std::vector<math_t> delta, keep;
   const MixtureTables<math_t>& t;
-  explicit TileDelta(const MixtureTables<math_t>& tables) : delta(kRows * tables.Kp, math_t(0)), t(tables) {}
+  explicit TileDelta(const MixtureTables<math_t>& tables)
+      : delta(kRows * tables.Kp, math_t(0)), keep(kRows * tables.Kp, math_t(1)), t(tables) {}
   void set(int64_t n0, int64_t rows, bool on) {
     for (int64_t r = 0; r < rows; ++r)
-      t.for_band(n0 + r, [&](int64_t k, math_t dl) { delta[r * t.Kp + k] = on ? dl : math_t(0); });
+      t.for_band(n0 + r, [&](int64_t k, math_t dl) {
+        delta[r * t.Kp + k] = on ? dl : math_t(0);
+        keep[r * t.Kp + k] = on ? math_t(0) : math_t(1);
+      });
   }
 };
 
@@ -363,7 +377,7 @@ void mixture_fwd_joint(const MixtureTables<math_t>& t, const math_t* z, int64_t 
       std::fill(run_sum, run_sum + kRows, math_t(0));
       for (int64_t k0 = 0; k0 < t.Kp; k0 += kKTile) {
         const int64_t k1 = std::min(t.Kp, k0 + kKTile);
-        logits_tile(t, zt, band.delta.data(), k0, k1, lbuf.data());
+        logits_tile(t, zt, band.delta.data(), k0, k1, lbuf.data(), kKTile, 1);
         for (int64_t r = 0; r < rows; ++r) {
           const math_t* lr = lbuf.data() + r * kKTile;
           const math_t new_max = std::max(run_max[r], vec_max(lr, k1 - k0));
@@ -414,185 +428,235 @@ void mixture_fwd_per_dim(const MixtureTables<math_t>& t, const math_t* z, int64_
   });
 }
 
-// Responsibility scale of row n: (g, out) or (0, 0) where the row has no density (out = -inf).
+// ---- mixture backward: one fused pass ----
+//
+// Every gradient comes from one recomputation of the logits. The row tiles are split into S = min(threads, tiles)
+// contiguous slots, one task each; a slot owns g_z of its rows and sums the parameter terms over its rows into its
+// own ParamSums, which are added in slot order at the end (reduce_param_sums). Results are deterministic run to run;
+// the parameter gradients' last bits depend on the thread count through S.
+
+// One slot's sums over its rows, laid out like the tables ([D][Ks], [Ks]); diff = z - m:
+//   rd = sum_n r diff,  rd2 = sum_n r diff^2,  r = sum_n r ([D][Ks] with per_dim),  w = sum_n r over non-band pairs.
 template <typename math_t>
-inline void row_grad(math_t g, math_t o, math_t* g_eff, math_t* o_eff) {
-  const bool dead = o == -std::numeric_limits<math_t>::infinity();
+struct ParamSums {
+  std::vector<math_t> rd, rd2, r, w;
+  ParamSums(const MixtureTables<math_t>& t, bool per_dim)
+      : rd(t.D * t.Ks, math_t(0)), rd2(t.D * t.Ks, math_t(0)), r((per_dim ? t.D : 1) * t.Ks, math_t(0)),
+        w(t.Ks, math_t(0)) {}
+};
+
+// Responsibility scale (g, out) of one output with r = g * exp(logit - out): (0, 0) where it has no density
+// (out = -inf, so every logit is -inf) and (0, inf) for a padding row, so r is exactly 0 there.
+template <typename math_t>
+inline void row_grad(bool real, math_t g, math_t o, math_t* g_eff, math_t* o_eff) {
+  const bool dead = !real || o == -std::numeric_limits<math_t>::infinity();
   *g_eff = dead ? math_t(0) : g;
-  *o_eff = dead ? math_t(0) : o;
+  *o_eff = real ? (dead ? math_t(0) : o) : std::numeric_limits<math_t>::infinity();
 }
 
-// backward pass A, per_dim=false: g_z[n, d] = -sum_k r_nk (z_nd - m_kd) p_kd.
+// out[r * stride] += the sum of the lanes of acc[r], r < rows. (The accumulators are stored first, so that they
+// stay in registers in the loop that fills them.)
 template <typename math_t>
-void mixture_bwd_z_joint(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
-                         int64_t N, math_t* gz) {
-  using Vec = at::vec::Vectorized<math_t>;
-  const int64_t D = t.D, Kp = t.Kp;
-  const int64_t tiles = (N + kRows - 1) / kRows;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> lbuf(kRows * kKTile), pad;
-    std::vector<Vec> gzv(kRows * D);
-    TileDelta<math_t> band(t);
-    for (int64_t tile = begin; tile < end; ++tile) {
+inline void add_lane_sums(const at::vec::Vectorized<math_t>* acc, int64_t rows, math_t* out, int64_t stride) {
+  constexpr int64_t L = at::vec::Vectorized<math_t>::size();
+  alignas(64) math_t lanes[kRows * L];
+  for (int64_t r = 0; r < kRows; ++r) acc[r].store(lanes + r * L);
+  for (int64_t r = 0; r < rows; ++r) out[r * stride] += hsum(at::vec::Vectorized<math_t>::loadu(lanes + r * L));
+}
+
+// Walks one slot, row tiles [tile0, tile1), k tile by k tile: block(k0, k1, n0, rows, zt, band) per (k tile, row
+// tile), with zt the tile's rows of z (padded) and band set for them. g_z of the slot's rows starts at 0.
+template <typename math_t, typename Block>
+void for_slot_blocks(const MixtureTables<math_t>& t, const math_t* z, int64_t N, int64_t tile0, int64_t tile1,
+                     math_t* gz, const Block& block) {
+  std::vector<math_t> pad;
+  TileDelta<math_t> band(t);
+  std::fill(gz + tile0 * kRows * t.D, gz + std::min(N, tile1 * kRows) * t.D, math_t(0));
+  for (int64_t k0 = 0; k0 < t.Kp; k0 += kKTile) {
+    const int64_t k1 = std::min(t.Kp, k0 + kKTile);
+    for (int64_t tile = tile0; tile < tile1; ++tile) {
       const int64_t n0 = tile * kRows, rows = std::min(kRows, N - n0);
-      const math_t* zt = row_tile(z, N, D, n0, pad);
       band.set(n0, rows, true);
-      math_t ge[kRows], oe[kRows];
-      for (int64_t r = 0; r < kRows; ++r) {
-        if (r < rows) row_grad(g[n0 + r], out[n0 + r], &ge[r], &oe[r]);
-        else ge[r] = oe[r] = math_t(0);
-      }
-      std::fill(gzv.begin(), gzv.end(), Vec(0));
-      for (int64_t k0 = 0; k0 < Kp; k0 += kKTile) {
-        const int64_t k1 = std::min(Kp, k0 + kKTile), width = k1 - k0;
-        logits_tile(t, zt, band.delta.data(), k0, k1, lbuf.data());
-        for (int64_t r = 0; r < kRows; ++r) {
-          math_t* lr = lbuf.data() + r * kKTile;
-          for (int64_t i = 0; i < width; i += Vec::size())
-            (Vec(ge[r]) * (Vec::loadu(lr + i) - Vec(oe[r])).exp()).store(lr + i);
-        }
-        for (int64_t d = 0; d < D; ++d) {
-          Vec acc[kRows];
-          for (int64_t r = 0; r < kRows; ++r) acc[r] = Vec(0);
-          for (int64_t kb = k0; kb < k1; kb += Vec::size()) {
-            const Vec m = Vec::loadu(t.mT.data() + d * t.Ks + kb), p = Vec::loadu(t.pT.data() + d * t.Ks + kb);
-            for (int64_t r = 0; r < kRows; ++r)
-              acc[r] = acc[r] + Vec::loadu(lbuf.data() + r * kKTile + kb - k0) * (Vec(zt[r * D + d]) - m) * p;
-          }
-          for (int64_t r = 0; r < kRows; ++r) gzv[r * D + d] = gzv[r * D + d] + acc[r];
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t d = 0; d < D; ++d) gz[(n0 + r) * D + d] = -hsum(gzv[r * D + d]);
+      block(k0, k1, n0, rows, row_tile(z, N, t.D, n0, pad), band);
       band.set(n0, rows, false);
     }
-  });
-}
-
-// backward pass A, per_dim=true: g_z[n, d] = -sum_k r_nkd (z_nd - m_kd) p_kd.
-template <typename math_t>
-void mixture_bwd_z_per_dim(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
-                           int64_t N, math_t* gz) {
-  using Vec = at::vec::Vectorized<math_t>;
-  const int64_t D = t.D, Kp = t.Kp;
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    TileDelta<math_t> band(t);
-    const math_t* delta = band.delta.data();
-    for (int64_t n = begin; n < end; ++n) {
-      band.set(n, 1, true);
-      for (int64_t d = 0; d < D; ++d) {
-        math_t ge, oe;
-        row_grad(g[n * D + d], out[n * D + d], &ge, &oe);
-        const Vec zv(z[n * D + d]);
-        const math_t *mT = t.mT.data() + d * t.Ks, *pT = t.pT.data() + d * t.Ks, *bs = t.base.data() + d * t.Ks;
-        Vec acc(0);
-        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) {
-          const Vec diff = zv - Vec::loadu(mT + kb), p = Vec::loadu(pT + kb);
-          const Vec v = Vec::loadu(bs + kb) + Vec::loadu(delta + kb) - Vec(math_t(0.5)) * diff * diff * p;
-          acc = acc + Vec(ge) * (v - Vec(oe)).exp() * diff * p;
-        }
-        gz[n * D + d] = -hsum(acc);
-      }
-      band.set(n, 1, false);
-    }
-  });
-}
-
-// Band deltas and log_weights mask of rows [n0, n0 + rows) for the components [kb, kb + L).
-template <typename math_t, int64_t L>
-void block_band(const MixtureTables<math_t>& t, int64_t n0, int64_t rows, int64_t kb, math_t (*delta)[L],
-                math_t (*keep)[L]) {
-  for (int64_t i = 0; i < kRows; ++i) {
-    std::fill(delta[i], delta[i] + L, math_t(0));
-    std::fill(keep[i], keep[i] + L, math_t(1));
-    if (i < rows) t.for_band(n0 + i, [&](int64_t k, math_t dl) {
-      if (k >= kb && k < kb + L) {
-        delta[i][k - kb] = dl;
-        keep[i][k - kb] = math_t(0);
-      }
-    });
   }
 }
 
-// backward pass B: parameter gradients of one block of L components, summed over n in order (tiles of
-// kRows rows: independent chains). p = exp(-lv) is constant over n, so the sums are taken without it:
-//   g_m = p * sum_n r diff,   g_lv = 0.5 * (p * sum_n r diff^2 - sum_n r),   g_w = sum_n r (non-band pairs).
-template <typename math_t, bool PER_DIM, bool HAS_BAND>
-void mixture_bwd_params(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
-                        int64_t N, math_t* gm, math_t* glv, math_t* gw) {
+// per_dim=false, one slot. Per block: the logits (logits_tile, [vector][row][lane]), r = g exp(logit - out) in
+// place, the sums of r and r * keep; then per d, over the component vectors where some r of the tile is nonzero
+// (an all-zero vector adds exactly 0, so it is skipped), two at a time, with nd = m - z:
+//   rd -= r nd,  rd2 += r nd^2,  g_z[n, d] += sum_k r nd p.
+template <typename math_t>
+void mixture_bwd_joint_slot(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
+                            int64_t N, int64_t tile0, int64_t tile1, math_t* gz, ParamSums<math_t>& ps) {
+  using Vec = at::vec::Vectorized<math_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t D = t.D, Ks = t.Ks, Kp = t.Kp;
+  std::vector<math_t> rbuf(kRows * kKTile), zero_r(kRows * L, math_t(0));
+  std::vector<int64_t> active(kKTile / L + 1);
+  for_slot_blocks(t, z, N, tile0, tile1, gz, [&](int64_t k0, int64_t k1, int64_t n0, int64_t rows, const math_t* zt,
+                                                 const TileDelta<math_t>& band) {
+    logits_tile(t, zt, band.delta.data(), k0, k1, rbuf.data(), L, kRows);
+    const auto rbuf_of = [&](int64_t kb) { return kb == Kp ? zero_r.data() : rbuf.data() + (kb - k0) * kRows; };
+    math_t ge[kRows], oe[kRows];
+    for (int64_t r = 0; r < kRows; ++r) row_grad(r < rows, r < rows ? g[n0 + r] : 0, r < rows ? out[n0 + r] : 0,
+                                                 &ge[r], &oe[r]);
+    int64_t n_active = 0;
+    for (int64_t kb = k0; kb < k1; kb += L) {
+      math_t* rv = rbuf.data() + (kb - k0) * kRows;
+      Vec sum_r(0), sum_w(0), mag(0);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const Vec resp = Vec(ge[r]) * (Vec::loadu(rv + r * L) - Vec(oe[r])).exp();
+        resp.store(rv + r * L);
+        sum_r = sum_r + resp;
+        sum_w = sum_w + resp * Vec::loadu(band.keep.data() + r * Kp + kb);
+        mag = at::vec::maximum(mag, resp.abs());
+      }
+      (Vec::loadu(ps.r.data() + kb) + sum_r).store(ps.r.data() + kb);
+      (Vec::loadu(ps.w.data() + kb) + sum_w).store(ps.w.data() + kb);
+      if (mag.zero_mask() != (1 << L) - 1) active[n_active++] = kb;
+    }
+    if (n_active % 2) active[n_active++] = Kp;  // the padding vector past Kp: p = 0, r = 0 (zero_r)
+    for (int64_t d = 0; d < D; ++d) {
+      const math_t *mT = t.mT.data() + d * Ks, *pT = t.pT.data() + d * Ks, *zd = zt + d;
+      math_t *rd = ps.rd.data() + d * Ks, *rd2 = ps.rd2.data() + d * Ks;
+      Vec gzd[kRows];
+      for (int64_t r = 0; r < kRows; ++r) gzd[r] = Vec(0);
+      for (int64_t i = 0; i < n_active; i += 2) {  // two component vectors at a time: each z broadcast serves both
+        const int64_t kb[2] = {active[i], active[i + 1]};
+        const math_t* rv[2] = {rbuf_of(kb[0]), rbuf_of(kb[1])};
+        Vec m[2], p[2], a1[2], a2[2];
+        for (int j = 0; j < 2; ++j) {
+          m[j] = Vec::loadu(mT + kb[j]);
+          p[j] = Vec::loadu(pT + kb[j]);
+          a1[j] = Vec::loadu(rd + kb[j]);
+          a2[j] = Vec::loadu(rd2 + kb[j]);
+        }
+        for (int64_t r = 0; r < kRows; ++r) {
+          const Vec zr(zd[r * D]);
+          for (int j = 0; j < 2; ++j) {
+            const Vec nd = m[j] - zr, r_nd = Vec::loadu(rv[j] + r * L) * nd;
+            a1[j] = a1[j] - r_nd;
+            a2[j] = at::vec::fmadd(r_nd, nd, a2[j]);
+            gzd[r] = at::vec::fmadd(r_nd, p[j], gzd[r]);
+          }
+        }
+        for (int j = 0; j < 2; ++j) {
+          a1[j].store(rd + kb[j]);
+          a2[j].store(rd2 + kb[j]);
+        }
+      }
+      add_lane_sums(gzd, rows, gz + n0 * D + d, D);
+    }
+  });
+}
+
+// per_dim=true, one slot. Per block, d and component vector, with nd = m - z:
+//   r = g_nd exp(base + delta - 0.5 nd^2 p - out_nd),  rd -= r nd,  rd2 += r nd^2,  r_sum[d] += r,
+//   g_z[n, d] += sum_k r nd p;  the sums of r over d per (row, component) add to w where keep.
+template <typename math_t>
+void mixture_bwd_per_dim_slot(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g,
+                              int64_t N, int64_t tile0, int64_t tile1, math_t* gz, ParamSums<math_t>& ps) {
+  using Vec = at::vec::Vectorized<math_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t D = t.D, Ks = t.Ks, Kp = t.Kp;
+  const Vec half(math_t(0.5));
+  std::vector<math_t> rsum(kRows * kKTile);
+  for_slot_blocks(t, z, N, tile0, tile1, gz, [&](int64_t k0, int64_t k1, int64_t n0, int64_t rows, const math_t* zt,
+                                                 const TileDelta<math_t>& band) {
+    std::fill(rsum.begin(), rsum.end(), math_t(0));
+    for (int64_t d = 0; d < D; ++d) {
+      const math_t *mT = t.mT.data() + d * Ks, *pT = t.pT.data() + d * Ks, *bs = t.base.data() + d * Ks;
+      math_t *rd = ps.rd.data() + d * Ks, *rd2 = ps.rd2.data() + d * Ks, *rs = ps.r.data() + d * Ks;
+      math_t ge[kRows], oe[kRows];
+      Vec gzd[kRows];
+      for (int64_t r = 0; r < kRows; ++r) {
+        const int64_t nd = (n0 + r) * D + d;
+        row_grad(r < rows, r < rows ? g[nd] : 0, r < rows ? out[nd] : 0, &ge[r], &oe[r]);
+        gzd[r] = Vec(0);
+      }
+      for (int64_t kb = k0; kb < k1; kb += L) {
+        const Vec m = Vec::loadu(mT + kb), p = Vec::loadu(pT + kb), b = Vec::loadu(bs + kb);
+        Vec a1 = Vec::loadu(rd + kb), a2 = Vec::loadu(rd2 + kb), a3 = Vec::loadu(rs + kb);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const Vec zv(zt[r * D + d]), nd = m - zv;
+          const Vec v = b + Vec::loadu(band.delta.data() + r * Kp + kb) - half * gaussian_quad_acc(zv, m, p, Vec(0));
+          const Vec resp = Vec(ge[r]) * (v - Vec(oe[r])).exp(), r_nd = resp * nd;
+          a1 = a1 - r_nd;
+          a2 = at::vec::fmadd(r_nd, nd, a2);
+          a3 = a3 + resp;
+          gzd[r] = at::vec::fmadd(r_nd, p, gzd[r]);
+          math_t* rsp = rsum.data() + r * kKTile + kb - k0;
+          (Vec::loadu(rsp) + resp).store(rsp);
+        }
+        a1.store(rd + kb);
+        a2.store(rd2 + kb);
+        a3.store(rs + kb);
+      }
+      add_lane_sums(gzd, rows, gz + n0 * D + d, D);
+    }
+    for (int64_t kb = k0; kb < k1; kb += L) {
+      Vec sum_w = Vec::loadu(ps.w.data() + kb);
+      for (int64_t r = 0; r < kRows; ++r)
+        sum_w = sum_w + Vec::loadu(rsum.data() + r * kKTile + kb - k0) * Vec::loadu(band.keep.data() + r * Kp + kb);
+      sum_w.store(ps.w.data() + kb);
+    }
+  });
+}
+
+// The parameter gradients from the slots' sums (added in slot order), written [K, D] / [K]:
+//   g_m = p sum rd,  g_lv = 0.5 (p sum rd2 - sum r),  g_w = sum w.
+template <typename math_t>
+void reduce_param_sums(const MixtureTables<math_t>& t, const std::vector<ParamSums<math_t>>& sums, bool per_dim,
+                       math_t* gm, math_t* glv, math_t* gw) {
   using Vec = at::vec::Vectorized<math_t>;
   constexpr int64_t L = Vec::size();
   const int64_t D = t.D, Ks = t.Ks, K = t.K;
-  const Vec half(math_t(0.5));
   at::parallel_for(0, t.Kp / L, 1, [&](int64_t begin, int64_t end) {
-    // per d: sum r diff, sum r diff^2, and (per_dim) sum r
-    std::vector<Vec> acc_rd(D), acc_rd2(D), acc_r(PER_DIM ? D : 1);
-    std::vector<math_t> pad;
-    alignas(64) math_t delta[kRows][L], keep[kRows][L], tmp[L], tmp_p[L];
+    alignas(64) math_t tm[L], tl[L];
     for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t kb = blk * L;
-      const math_t *mT = t.mT.data() + kb, *pT = t.pT.data() + kb;
-      std::fill(acc_rd.begin(), acc_rd.end(), Vec(0));
-      std::fill(acc_rd2.begin(), acc_rd2.end(), Vec(0));
-      std::fill(acc_r.begin(), acc_r.end(), Vec(0));
-      Vec acc_w(0);
-      for (int64_t n0 = 0; n0 < N; n0 += kRows) {
-        const int64_t rows = std::min(kRows, N - n0);
-        const math_t* zt = row_tile(z, N, D, n0, pad);
-        if constexpr (HAS_BAND) block_band<math_t, L>(t, n0, rows, kb, delta, keep);
-        Vec r[kRows];
-        if constexpr (!PER_DIM) {
-          Vec q[kRows];
-          for (int64_t i = 0; i < kRows; ++i) q[i] = Vec(0);
-          for (int64_t d = 0; d < D; ++d) {
-            const Vec m = Vec::loadu(mT + d * Ks), p = Vec::loadu(pT + d * Ks);
-            for (int64_t i = 0; i < kRows; ++i) q[i] = gaussian_quad_acc(Vec(zt[i * D + d]), m, p, q[i]);
-          }
-          const Vec base = Vec::loadu(t.base.data() + kb);
-          for (int64_t i = 0; i < kRows; ++i) {
-            math_t ge = 0, oe = 0;
-            if (i < rows) row_grad(g[n0 + i], out[n0 + i], &ge, &oe);
-            Vec logit = base - half * q[i];
-            if constexpr (HAS_BAND) logit = logit + Vec::loadu(delta[i]);
-            r[i] = Vec(ge) * (logit - Vec(oe)).exp();
-            acc_r[0] = acc_r[0] + r[i];
-            acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
-          }
-        }
-        for (int64_t d = 0; d < D; ++d) {
-          const Vec m = Vec::loadu(mT + d * Ks);
-          Vec a1 = acc_rd[d], a2 = acc_rd2[d];
-          for (int64_t i = 0; i < kRows; ++i) {
-            const Vec diff = Vec(zt[i * D + d]) - m;
-            if constexpr (PER_DIM) {
-              math_t ge = 0, oe = 0;
-              if (i < rows) row_grad(g[(n0 + i) * D + d], out[(n0 + i) * D + d], &ge, &oe);
-              Vec v = Vec::loadu(t.base.data() + d * Ks + kb) - half * diff * diff * Vec::loadu(pT + d * Ks);
-              if constexpr (HAS_BAND) v = v + Vec::loadu(delta[i]);
-              r[i] = Vec(ge) * (v - Vec(oe)).exp();
-              acc_r[d] = acc_r[d] + r[i];
-              acc_w = acc_w + (HAS_BAND ? r[i] * Vec::loadu(keep[i]) : r[i]);
-            }
-            const Vec rd = r[i] * diff;
-            a1 = a1 + rd;
-            a2 = a2 + rd * diff;
-          }
-          acc_rd[d] = a1;
-          acc_rd2[d] = a2;
-        }
-      }
-      const int64_t lanes = std::min(L, K - kb);
+      const int64_t kb = blk * L, lanes = std::min(L, K - kb);
       for (int64_t d = 0; d < D; ++d) {
-        const Vec p = Vec::loadu(pT + d * Ks);
-        (p * acc_rd[d]).store(tmp);
-        for (int64_t j = 0; j < lanes; ++j) gm[(kb + j) * D + d] = tmp[j];
-        (half * (p * acc_rd2[d] - acc_r[PER_DIM ? d : 0])).store(tmp_p);
-        for (int64_t j = 0; j < lanes; ++j) glv[(kb + j) * D + d] = tmp_p[j];
+        const int64_t dk = d * Ks + kb;
+        Vec s1(0), s2(0), s3(0);
+        for (const auto& ps : sums) {
+          s1 = s1 + Vec::loadu(ps.rd.data() + dk);
+          s2 = s2 + Vec::loadu(ps.rd2.data() + dk);
+          s3 = s3 + Vec::loadu(ps.r.data() + (per_dim ? dk : kb));
+        }
+        const Vec p = Vec::loadu(t.pT.data() + dk);
+        (p * s1).store(tm);
+        (Vec(math_t(0.5)) * (p * s2 - s3)).store(tl);
+        for (int64_t j = 0; j < lanes; ++j) {
+          gm[(kb + j) * D + d] = tm[j];
+          glv[(kb + j) * D + d] = tl[j];
+        }
       }
-      acc_w.store(tmp);
-      for (int64_t j = 0; j < lanes; ++j) gw[kb + j] = tmp[j];
+      Vec sw(0);
+      for (const auto& ps : sums) sw = sw + Vec::loadu(ps.w.data() + kb);
+      sw.store(tm);
+      for (int64_t j = 0; j < lanes; ++j) gw[kb + j] = tm[j];
     }
   });
+}
+
+// Backward: the slots in parallel, then the parameter gradients.
+template <typename math_t>
+void mixture_bwd(const MixtureTables<math_t>& t, const math_t* z, const math_t* out, const math_t* g, int64_t N,
+                 bool per_dim, math_t* gz, math_t* gm, math_t* glv, math_t* gw) {
+  const int64_t tiles = (N + kRows - 1) / kRows;
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
+  std::vector<ParamSums<math_t>> sums;
+  for (int64_t s = 0; s < slots; ++s) sums.emplace_back(t, per_dim);
+  at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t tile0 = tiles * s / slots, tile1 = tiles * (s + 1) / slots;
+      if (per_dim) mixture_bwd_per_dim_slot(t, z, out, g, N, tile0, tile1, gz, sums[s]);
+      else mixture_bwd_joint_slot(t, z, out, g, N, tile0, tile1, gz, sums[s]);
+    }
+  });
+  reduce_param_sums(t, sums, per_dim, gm, glv, gw);
 }
 
 void check_mixture(const at::Tensor& z, const at::Tensor& means, const at::Tensor& lvs, const at::Tensor& log_w,
@@ -641,15 +705,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_mixture_bwd_
     using math_t = opmath_t<scalar_t>;
     const auto t = make_tables<scalar_t>(means, lvs, log_w, band, band_offset, per_dim);
     const math_t *zp = z.const_data_ptr<math_t>(), *op = out.const_data_ptr<math_t>(), *gp = g.const_data_ptr<math_t>();
-    if (per_dim) mixture_bwd_z_per_dim(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
-    else mixture_bwd_z_joint(t, zp, op, gp, N, gz.mutable_data_ptr<math_t>());
-    math_t *gmp = gm.mutable_data_ptr<math_t>(), *glvp = glv.mutable_data_ptr<math_t>();
-    math_t* gwp = gw.mutable_data_ptr<math_t>();
-    const bool band_on = band.numel() > 0;
-    if (per_dim && band_on) mixture_bwd_params<math_t, true, true>(t, zp, op, gp, N, gmp, glvp, gwp);
-    else if (per_dim) mixture_bwd_params<math_t, true, false>(t, zp, op, gp, N, gmp, glvp, gwp);
-    else if (band_on) mixture_bwd_params<math_t, false, true>(t, zp, op, gp, N, gmp, glvp, gwp);
-    else mixture_bwd_params<math_t, false, false>(t, zp, op, gp, N, gmp, glvp, gwp);
+    mixture_bwd(t, zp, op, gp, N, per_dim, gz.mutable_data_ptr<math_t>(), gm.mutable_data_ptr<math_t>(),
+                glv.mutable_data_ptr<math_t>(), gw.mutable_data_ptr<math_t>());
   });
   const auto st = z_in.scalar_type();
   return {gz.to(st), gm.to(st), glv.to(st), gw.to(st)};
