@@ -28,6 +28,7 @@ struct PhiloxLanes {
   static V counters(uint64_t first) { return _mm512_add_epi64(set1(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)); }
   static V mul(V a, V m) { return _mm512_mul_epu32(a, m); }
   static V high(V p) { return _mm512_srli_epi64(p, 32); }
+  static V xor2(V a, V b) { return _mm512_xor_si512(a, b); }
   static V xor3(V a, V b, V c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
   // The low halves of the lanes, packed: 8 words.
   static void store_words(uint32_t* out, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi64_epi32(v)); }
@@ -52,6 +53,7 @@ struct PhiloxLanes {
   static V counters(uint64_t first) { return _mm256_add_epi64(set1(first), _mm256_set_epi64x(3, 2, 1, 0)); }
   static V mul(V a, V m) { return _mm256_mul_epu32(a, m); }
   static V high(V p) { return _mm256_srli_epi64(p, 32); }
+  static V xor2(V a, V b) { return _mm256_xor_si256(a, b); }
   static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static void store_words(uint32_t* out, V v) {
     const __m256i packed = _mm256_permutevar8x32_epi32(v, _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0));
@@ -81,23 +83,29 @@ template <typename Store>
 inline int64_t philox_simd(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, const Store& store) {
   using L = PhiloxLanes;
   using V = L::V;
-  const V m0 = L::set1(0xD2511F53u), m1 = L::set1(0xCD9E8D57u), vstream = L::set1(stream), zero = L::set1(0);
+  const V m0 = L::set1(0xD2511F53u), m1 = L::set1(0xCD9E8D57u);
   V key0[10], key1[10];
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
     key0[round] = L::set1(k0);
     key1[round] = L::set1(k1);
   }
+  // Round 1 on the state (counter bits 0..31, bits 32..63, stream, 0): the stream's product is the same
+  // in every lane, and the zero word drops out of the second xor.
+  const V stream_product = L::mul(L::set1(stream), m1);
+  const V stream_key = L::xor2(L::high(stream_product), key0[0]);
   int64_t g = 0;
   for (; g + kPhiloxStep <= G; g += kPhiloxStep) {
     V c0[kPhiloxRegs], c1[kPhiloxRegs], c2[kPhiloxRegs], c3[kPhiloxRegs];
     for (int r = 0; r < kPhiloxRegs; ++r) {
-      c0[r] = L::counters(g0 + g + r * L::kLanes);  // low half: counter bits 0..31
-      c1[r] = L::high(c0[r]);                       // counter bits 32..63
-      c2[r] = vstream;
-      c3[r] = zero;
+      const V counter = L::counters(g0 + g + r * L::kLanes);  // low half: counter bits 0..31
+      const V p0 = L::mul(counter, m0);
+      c0[r] = L::xor2(L::high(counter), stream_key);
+      c2[r] = L::xor2(L::high(p0), key1[0]);
+      c1[r] = stream_product;
+      c3[r] = p0;
     }
-    for (int round = 0; round < 10; ++round) {
+    for (int round = 1; round < 10; ++round) {
       for (int r = 0; r < kPhiloxRegs; ++r) {
         const V p0 = L::mul(c0[r], m0), p1 = L::mul(c2[r], m1);
         c0[r] = L::xor3(L::high(p1), c1[r], key0[round]);
