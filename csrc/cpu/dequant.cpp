@@ -48,17 +48,19 @@ class DequantPoints {
   DequantPoints(int shift, int64_t in_bits, int64_t n_bits)
       : shift_(shift), in_bits_(in_bits), inv_n_(std::ldexp(1.0, -static_cast<int>(n_bits))), vinv_n_(inv_n_) {}
 
-  Vec operator()(const int_t* x, const float* u) {
+  Vec operator()(const int_t* x, const float* u) { return unscaled(x, u) * vinv_n_; }
+  // n q, the cube point before the scaling by 1/n.
+  Vec unscaled(const int_t* x, const float* u) {
 #ifdef DGM_PHILOX_SIMD
     if constexpr (kIntVec) {
       const IVec v = at::vec::convert_to_int32<int_t>(x);
       over_vec_ = over_vec_ | (v >> IVec(static_cast<int32_t>(in_bits_)));
-      return cube_point<Vec, float>(at::vec::convert<float>(v >> IVec(shift_)), Vec::loadu(u)) * vinv_n_;
+      return cube_point<Vec, float>(at::vec::convert<float>(v >> IVec(shift_)), Vec::loadu(u));
     }
 #endif
     alignas(64) math_t q[Vec::size()];
     for (int k = 0; k < Vec::size(); ++k) q[k] = point(x[k], u[k]);
-    return Vec::loadu(q) * vinv_n_;
+    return Vec::loadu(q);
   }
   math_t operator()(int_t x, float u) { return point(x, u) * inv_n_; }
   bool out_of_range() const {
@@ -101,7 +103,8 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
   out_t* yp = y.mutable_data_ptr<out_t>();
   const int shift = static_cast<int>(in_bits - n_bits);
   const math_t alpha = alpha_d;
-  const Vec valpha(alpha);
+  const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits));
+  const Vec valpha(alpha), vslope((math_t(1) - math_t(2) * alpha) * inv_n);  // see logit_odds_factor
   const int group = logit_factor_group(alpha_d);
   // the odds and factors of logit_odds_factor are >= alpha (1 - alpha): normal floats, for log_positive_lut,
   // unless alpha is (nearly) subnormal
@@ -123,7 +126,8 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
           Vec prod(1);
           for (int k = 0; k < group && j + IO::kSize <= m; ++k, j += IO::kSize) {
             Vec factor;
-            IO::store(yb + s + j, log_of(logit_odds_factor(points(xb + s + j, u + j), valpha, &factor)));
+            const Vec odds = logit_odds_factor(points.unscaled(xb + s + j, u + j), vslope, valpha, &factor);
+            IO::store(yb + s + j, log_of(odds));
             prod = prod * factor;
           }
           vacc = vacc - log_of(prod);
