@@ -335,6 +335,27 @@ def test_out_of_range_pixels_raise_on_every_backend(dev, be):
             F.uniform_dequantize(torch.tensor([[0.3, float("nan")]], device=dev), reverse=True)
 
 
+@pytest.mark.parametrize("int_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("where", [5, 99])  # in a whole vector of the C++ map loop / in its element-wise tail
+@pytest.mark.parametrize("bad", [-1, 8])
+def test_out_of_range_pixel_in_a_long_row_raises(int_dtype, where, bad):
+    """The C++ kernel reads 8- and 32-bit pixels as int32 vectors and the others lane by lane; rows of 100
+    elements put `where` in a vector (5) or in the tail (99), and the check must see it in both."""
+    if bad < 0 and int_dtype == torch.uint8:
+        bad = 200
+    x = pixels((2, 100), bits=3, dtype=int_dtype)
+    x[1, where] = bad
+    with backend("cpu"), pytest.raises(ValueError, match=r"x must have values in \[0, 8\) for 3 bits"):
+        F.uniform_dequantize(x, n_bits=2, in_bits=3)
+    x[1, where] = 7
+    with backend("cpu"):
+        y, ld = F.uniform_dequantize(x, n_bits=2, in_bits=3, generator=torch.Generator().manual_seed(3))
+    with backend("torch"):
+        y_ref, ld_ref = F.uniform_dequantize(x, n_bits=2, in_bits=3, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ld, ld_ref, rtol=1e-5, atol=1e-3)
+
+
 def test_out_of_range_pixels_raise_under_torch_compile():
     """Under torch.compile the functional's eager check is skipped; the C++ kernel still refuses."""
     bad = torch.tensor([[1, 2], [40, 3]], dtype=torch.uint8)

@@ -37,6 +37,61 @@ double dequant_row_constant(int64_t D, int64_t mode, double alpha, int64_t n_bit
   return D * ((mode == kModeLogit ? std::log1p(-2.0 * alpha) : 0.0) - n_bits * std::log(2.0));
 }
 
+// The points q = cube_point(x >> shift, u) / n of pixels x and noise u, a Vectorized<math_t> or one at
+// a time; ORs the x >> in_bits (nonzero: out of range) into its state as it reads x. Float math from 8-
+// or 32-bit pixels on SIMD builds loads them as one int32 vector; otherwise lane by lane.
+template <typename int_t, typename math_t>
+class DequantPoints {
+ public:
+  using Vec = at::vec::Vectorized<math_t>;
+
+  DequantPoints(int shift, int64_t in_bits, int64_t n_bits)
+      : shift_(shift), in_bits_(in_bits), inv_n_(std::ldexp(1.0, -static_cast<int>(n_bits))), vinv_n_(inv_n_) {}
+
+  Vec operator()(const int_t* x, const float* u) { return unscaled(x, u) * vinv_n_; }
+  // n q, the cube point before the scaling by 1/n.
+  Vec unscaled(const int_t* x, const float* u) {
+#ifdef DGM_PHILOX_SIMD
+    if constexpr (kIntVec) {
+      const IVec v = at::vec::convert_to_int32<int_t>(x);
+      over_vec_ = over_vec_ | (v >> IVec(static_cast<int32_t>(in_bits_)));
+      return cube_point<Vec, float>(at::vec::convert<float>(v >> IVec(shift_)), Vec::loadu(u));
+    }
+#endif
+    alignas(64) math_t q[Vec::size()];
+    for (int k = 0; k < Vec::size(); ++k) q[k] = point(x[k], u[k]);
+    return Vec::loadu(q);
+  }
+  math_t operator()(int_t x, float u) { return point(x, u) * inv_n_; }
+  bool out_of_range() const {
+#ifdef DGM_PHILOX_SIMD
+    if constexpr (kIntVec) {
+      if (at::vec::vec_reduce_all<int32_t>([](IVec a, IVec b) { return a | b; }, over_vec_) != 0) return true;
+    }
+#endif
+    return over_ != 0;
+  }
+
+ private:
+  math_t point(int_t x, float u) {
+    over_ |= x >> in_bits_;
+    return cube_point(static_cast<math_t>(x >> shift_), static_cast<math_t>(u));
+  }
+  int shift_;
+  int64_t in_bits_;
+  math_t inv_n_;
+  Vec vinv_n_;
+  int64_t over_ = 0;
+#ifdef DGM_PHILOX_SIMD
+  using IVec = at::vec::Vectorized<int32_t>;
+  static constexpr bool kIntVec = std::is_same_v<math_t, float> && (sizeof(int_t) == 1 || sizeof(int_t) == 4);
+  IVec over_vec_{0};
+#endif
+};
+
+// y = map(cube_point(x >> shift, u) / n) for each element, u = philox_uniform(b N + i), and per row the
+// sum of the log-det terms. The noise comes in kSub-element blocks (philox_uniform_fill, SIMD where
+// built); the map loop reads the pixels and the block's noise a vector at a time.
 template <typename int_t, typename out_t, int MODE>
 void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits, int64_t n_bits, double alpha_d,
                              at::Tensor& y, at::Tensor& logdet, std::atomic<bool>& out_of_range) {
@@ -47,46 +102,32 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
   const int_t* xp = x.const_data_ptr<int_t>();
   out_t* yp = y.mutable_data_ptr<out_t>();
   const int shift = static_cast<int>(in_bits - n_bits);
-  const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits)), alpha = alpha_d;
-  const Vec valpha(alpha);
+  const math_t alpha = alpha_d;
+  const math_t inv_n = std::ldexp(1.0, -static_cast<int>(n_bits));
+  const Vec valpha(alpha), vslope((math_t(1) - math_t(2) * alpha) * inv_n);  // see logit_odds_factor
   const int group = logit_factor_group(alpha_d);
-  const Vec vinv_n(inv_n);
-  // the odds and factors of logit_odds_factor are >= alpha (1 - alpha): normal floats, for log_positive,
+  // the odds and factors of logit_odds_factor are >= alpha (1 - alpha): normal floats, for log_positive_lut,
   // unless alpha is (nearly) subnormal
   const bool normal_logs = alpha_d >= 2.0 * std::numeric_limits<float>::min();
-  const auto log_of = [&](const Vec& v) { return normal_logs ? log_positive(v) : v.log(); };
+  const auto log_of = [&](const Vec& v) { return normal_logs ? log_positive_lut(v) : v.log(); };
   parallel_rows<math_t>(B, N, logdet.mutable_data_ptr<math_t>(), [&](int64_t b, int64_t lo, int64_t hi) {
+    const int_t* xb = xp + b * xs;
+    out_t* yb = yp + b * N;
+    DequantPoints<int_t, math_t> points(shift, in_bits, n_bits);
     alignas(64) float u[kSub];
-    alignas(64) math_t xq[kSub];
-    // q = cube_point(x, u) / n for elements j .. j + kSize of the buffers (float: on vectors)
-    const auto q_vec = [&](int64_t j) {
-      if constexpr (std::is_same_v<math_t, float>) {
-        return cube_point<Vec, float>(Vec::loadu(xq + j), Vec::loadu(u + j)) * vinv_n;
-      } else {
-        alignas(64) math_t q[IO::kSize];
-        for (int64_t k = 0; k < IO::kSize; ++k) q[k] = cube_point(xq[j + k], static_cast<math_t>(u[j + k]));
-        return Vec::loadu(q) * vinv_n;
-      }
-    };
     Vec vacc(0);
     math_t acc = 0;
-    int64_t over = 0;
     for (int64_t s = lo; s < hi; s += kSub) {
       const int64_t m = std::min(kSub, hi - s);
       philox_uniform_fill(static_cast<uint64_t>(b * N + s), m, 0, seed, u);
-      const int_t* xb = xp + b * xs + s;
-      for (int64_t j = 0; j < m; ++j) {
-        over |= xb[j] >> in_bits;
-        xq[j] = static_cast<math_t>(xb[j] >> shift);
-      }
-      out_t* yb = yp + b * N + s;
       int64_t j = 0;
       if constexpr (MODE == kModeLogit) {  // one log per element: see logit_odds_factor
         while (j + IO::kSize <= m) {
           Vec prod(1);
           for (int k = 0; k < group && j + IO::kSize <= m; ++k, j += IO::kSize) {
             Vec factor;
-            IO::store(yb + j, log_of(logit_odds_factor(q_vec(j), valpha, &factor)));
+            const Vec odds = logit_odds_factor(points.unscaled(xb + s + j, u + j), vslope, valpha, &factor);
+            IO::store(yb + s + j, log_of(odds));
             prod = prod * factor;
           }
           vacc = vacc - log_of(prod);
@@ -94,17 +135,17 @@ void uniform_dequantize_impl(const at::Tensor& x, uint64_t seed, int64_t in_bits
       } else {
         for (; j + IO::kSize <= m; j += IO::kSize) {
           Vec ld;
-          IO::store(yb + j, dequant_map<MODE>(q_vec(j), valpha, &ld));
+          IO::store(yb + s + j, dequant_map<MODE>(points(xb + s + j, u + j), valpha, &ld));
           vacc = vacc + ld;
         }
       }
       for (; j < m; ++j) {
         math_t ld;
-        yb[j] = static_cast<out_t>(dequant_map<MODE>(cube_point(xq[j], static_cast<math_t>(u[j])) * inv_n, alpha, &ld));
+        yb[s + j] = static_cast<out_t>(dequant_map<MODE>(points(xb[s + j], u[j]), alpha, &ld));
         acc += ld;
       }
     }
-    if (over != 0) out_of_range.store(true);
+    if (points.out_of_range()) out_of_range.store(true);
     return acc + at::vec::vec_reduce_all<math_t>([](Vec a, Vec c) { return a + c; }, vacc);
   });
 }

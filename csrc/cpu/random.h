@@ -28,15 +28,21 @@ struct PhiloxLanes {
   static V counters(uint64_t first) { return _mm512_add_epi64(set1(first), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)); }
   static V mul(V a, V m) { return _mm512_mul_epu32(a, m); }
   static V high(V p) { return _mm512_srli_epi64(p, 32); }
+  static V xor2(V a, V b) { return _mm512_xor_si512(a, b); }
   static V xor3(V a, V b, V c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
   // The low halves of the lanes, packed: 8 words.
   static void store_words(uint32_t* out, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi64_epi32(v)); }
-  // Words of 8 counters in element order (counter-major): out[4g + k] = word k of counter g.
-  static void store_elements(uint32_t* out, V c0, V c1, V c2, V c3) {
+  // Words of 8 counters in element order (counter-major): word k of counter g is element 4g + k,
+  // elements 0..15 in *first, 16..31 in *second.
+  static void elements(V c0, V c1, V c2, V c3, V* first, V* second) {
     const V e01 = _mm512_mask_blend_epi32(0xAAAA, c0, _mm512_slli_epi64(c1, 32));  // lane g: (w0, w1)
     const V e23 = _mm512_mask_blend_epi32(0xAAAA, c2, _mm512_slli_epi64(c3, 32));  // lane g: (w2, w3)
-    _mm512_storeu_si512(out, _mm512_permutex2var_epi64(e01, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), e23));
-    _mm512_storeu_si512(out + 16, _mm512_permutex2var_epi64(e01, _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4), e23));
+    *first = _mm512_permutex2var_epi64(e01, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), e23);
+    *second = _mm512_permutex2var_epi64(e01, _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4), e23);
+  }
+  // uniform_from_bits of 16 words.
+  static __m512 uniforms(V bits) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 8)), _mm512_set1_ps(5.9604644775390625e-08f));
   }
 };
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -47,17 +53,21 @@ struct PhiloxLanes {
   static V counters(uint64_t first) { return _mm256_add_epi64(set1(first), _mm256_set_epi64x(3, 2, 1, 0)); }
   static V mul(V a, V m) { return _mm256_mul_epu32(a, m); }
   static V high(V p) { return _mm256_srli_epi64(p, 32); }
+  static V xor2(V a, V b) { return _mm256_xor_si256(a, b); }
   static V xor3(V a, V b, V c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static void store_words(uint32_t* out, V v) {
     const __m256i packed = _mm256_permutevar8x32_epi32(v, _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
   }
-  static void store_elements(uint32_t* out, V c0, V c1, V c2, V c3) {
+  static void elements(V c0, V c1, V c2, V c3, V* first, V* second) {
     const V e01 = _mm256_blend_epi32(c0, _mm256_slli_epi64(c1, 32), 0xAA);
     const V e23 = _mm256_blend_epi32(c2, _mm256_slli_epi64(c3, 32), 0xAA);
     const V lo = _mm256_unpacklo_epi64(e01, e23), hi = _mm256_unpackhi_epi64(e01, e23);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(lo, hi, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+    *first = _mm256_permute2x128_si256(lo, hi, 0x20);
+    *second = _mm256_permute2x128_si256(lo, hi, 0x31);
+  }
+  static __m256 uniforms(V bits) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bits, 8)), _mm256_set1_ps(5.9604644775390625e-08f));
   }
 };
 #endif
@@ -73,23 +83,29 @@ template <typename Store>
 inline int64_t philox_simd(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, const Store& store) {
   using L = PhiloxLanes;
   using V = L::V;
-  const V m0 = L::set1(0xD2511F53u), m1 = L::set1(0xCD9E8D57u), vstream = L::set1(stream), zero = L::set1(0);
+  const V m0 = L::set1(0xD2511F53u), m1 = L::set1(0xCD9E8D57u);
   V key0[10], key1[10];
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
     key0[round] = L::set1(k0);
     key1[round] = L::set1(k1);
   }
+  // Round 1 on the state (counter bits 0..31, bits 32..63, stream, 0): the stream's product is the same
+  // in every lane, and the zero word drops out of the second xor.
+  const V stream_product = L::mul(L::set1(stream), m1);
+  const V stream_key = L::xor2(L::high(stream_product), key0[0]);
   int64_t g = 0;
   for (; g + kPhiloxStep <= G; g += kPhiloxStep) {
     V c0[kPhiloxRegs], c1[kPhiloxRegs], c2[kPhiloxRegs], c3[kPhiloxRegs];
     for (int r = 0; r < kPhiloxRegs; ++r) {
-      c0[r] = L::counters(g0 + g + r * L::kLanes);  // low half: counter bits 0..31
-      c1[r] = L::high(c0[r]);                       // counter bits 32..63
-      c2[r] = vstream;
-      c3[r] = zero;
+      const V counter = L::counters(g0 + g + r * L::kLanes);  // low half: counter bits 0..31
+      const V p0 = L::mul(counter, m0);
+      c0[r] = L::xor2(L::high(counter), stream_key);
+      c2[r] = L::xor2(L::high(p0), key1[0]);
+      c1[r] = stream_product;
+      c3[r] = p0;
     }
-    for (int round = 0; round < 10; ++round) {
+    for (int round = 1; round < 10; ++round) {
       for (int r = 0; r < kPhiloxRegs; ++r) {
         const V p0 = L::mul(c0[r], m0), p1 = L::mul(c2[r], m1);
         c0[r] = L::xor3(L::high(p1), c1[r], key0[round]);
@@ -124,14 +140,29 @@ inline void philox_words(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed,
   philox_words_block(g0 + done, G - done, stream, seed, w0 + done, w1 + done, w2 + done, w3 + done);
 }
 
+#ifdef DGM_PHILOX_SIMD
+// Uniform noise on vectors: calls f(e, u0, u1) with u0, u1 = philox_uniform of elements 4 g0 + e + k,
+// k < kVec and kVec <= k < 2 kVec (Vectorized<float>, kVec = its size = 2 kLanes), for e = 0, 4 kLanes, ...
+// up to the whole steps of the G counters g0 ..; returns the counters done (a multiple of kPhiloxStep).
+template <typename F>
+inline int64_t philox_uniform_vecs(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, const F& f) {
+  static_assert(at::vec::Vectorized<float>::size() == 2 * PhiloxLanes::kLanes);
+  return philox_simd(g0, G, stream, seed, [&](int64_t g, auto c0, auto c1, auto c2, auto c3) {
+    PhiloxLanes::V first, second;
+    PhiloxLanes::elements(c0, c1, c2, c3, &first, &second);
+    f(4 * g, at::vec::Vectorized<float>(PhiloxLanes::uniforms(first)),
+      at::vec::Vectorized<float>(PhiloxLanes::uniforms(second)));
+  });
+}
+#endif
+
 // out[j] = philox_uniform(4 g0 + j) for j < 4G.
 inline void philox_uniform_groups(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, float* out) {
   int64_t done = 0;
 #ifdef DGM_PHILOX_SIMD
-  done = philox_simd(g0, G, stream, seed, [&](int64_t g, auto c0, auto c1, auto c2, auto c3) {
-    alignas(64) uint32_t bits[4 * PhiloxLanes::kLanes];
-    PhiloxLanes::store_elements(bits, c0, c1, c2, c3);
-    for (int j = 0; j < 4 * PhiloxLanes::kLanes; ++j) out[4 * g + j] = uniform_from_bits(bits[j]);
+  done = philox_uniform_vecs(g0, G, stream, seed, [&](int64_t e, const auto& u0, const auto& u1) {
+    u0.store(out + e);
+    u1.store(out + e + u0.size());
   });
 #endif
   for (int64_t g = done; g < G; ++g) {

@@ -81,6 +81,50 @@ inline Vectorized<float> log_positive(const Vectorized<float>& x) {
 }
 inline Vectorized<double> log_positive(const Vectorized<double>& x) { return x.log(); }
 
+// log(x) for positive normal float32 x, cheaper than log_positive where AVX-512 gives a 32-entry table
+// lookup in one two-register permute (log_positive elsewhere). x = m 2^e with m in [0.75, 1.5), whose 32
+// intervals of 2^18 bit patterns (the top bits of x - 0.75's pattern) each hold a c_i ~ 1/m: 1/midpoint
+// rounded to float, but exactly 1 on the two intervals next to 1, so log x keeps its relative accuracy there.
+// log x = e ln 2 - log c_i + log1p(r), r = m c_i - 1 (one fma), |r| <= 1/32, log1p(r) by its Taylor
+// polynomial of degree 5 (truncation below 6e-9 relative); -log c_i is tabulated rounded to float.
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> log_positive_lut(const Vectorized<float>& x) {
+  alignas(64) static constexpr float kC[32] = {
+      1.319587588e+00f, 1.292929292e+00f, 1.267326713e+00f, 1.242718458e+00f, 1.219047666e+00f, 1.196261644e+00f,
+      1.174311876e+00f, 1.153153181e+00f, 1.132743359e+00f, 1.113043427e+00f, 1.094017148e+00f, 1.075630307e+00f,
+      1.057851195e+00f, 1.040650368e+00f, 1.024000049e+00f, 1.000000000e+00f, 1.000000000e+00f, 9.552238584e-01f,
+      9.275362492e-01f, 9.014084339e-01f, 8.767123222e-01f, 8.533333540e-01f, 8.311688304e-01f, 8.101266026e-01f,
+      7.901234627e-01f, 7.710843086e-01f, 7.529411912e-01f, 7.356321812e-01f, 7.191011310e-01f, 7.032967210e-01f,
+      6.881720424e-01f, 6.736842394e-01f};
+  alignas(64) static constexpr float kMinusLogC[32] = {
+      -2.773192525e-01f, -2.569104135e-01f, -2.369097322e-01f, -2.173012793e-01f, -1.980699450e-01f,
+      -1.792013943e-01f, -1.606823355e-01f, -1.425000876e-01f, -1.246424392e-01f, -1.070980877e-01f,
+      -8.985637873e-02f, -7.290682197e-02f, -5.623967573e-02f, -3.984587267e-02f, -2.371657453e-02f, 0.0f, 0.0f,
+      4.580955952e-02f, 7.522340119e-02f, 1.037968099e-01f, 1.315763593e-01f, 1.586050093e-01f, 1.849223375e-01f,
+      2.105647475e-01f, 2.355660647e-01f, 2.599575520e-01f, 2.837681472e-01f, 3.070250452e-01f, 3.297532797e-01f,
+      3.519763947e-01f, 3.737164140e-01f, 3.949937522e-01f};
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i from_075 = _mm512_sub_epi32(bits, _mm512_set1_epi32(0x3f400000));  // 0.75's bit pattern
+  const __m512i e = _mm512_srai_epi32(from_075, 23);
+  const __m512 m = _mm512_castsi512_ps(_mm512_sub_epi32(bits, _mm512_slli_epi32(e, 23)));
+  const __m512i interval = _mm512_srli_epi32(from_075, 18);  // the permute reads its low 5 bits
+  const __m512 c = _mm512_permutex2var_ps(_mm512_load_ps(kC), interval, _mm512_load_ps(kC + 16));
+  const __m512 minus_log_c =
+      _mm512_permutex2var_ps(_mm512_load_ps(kMinusLogC), interval, _mm512_load_ps(kMinusLogC + 16));
+  const __m512 r = _mm512_fmsub_ps(m, c, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0.2f), _mm512_set1_ps(-0.25f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.333333343f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(-0.5f));
+  const __m512 log1p_r = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);
+  const __m512 ef = _mm512_cvtepi32_ps(e);  // ln 2 = 0.693359375 - 2.12194440e-4
+  const __m512 low = _mm512_add_ps(_mm512_fmadd_ps(ef, _mm512_set1_ps(-2.12194440e-4f), minus_log_c), log1p_r);
+  return _mm512_fmadd_ps(ef, _mm512_set1_ps(0.693359375f), low);
+}
+#else
+inline Vectorized<float> log_positive_lut(const Vectorized<float>& x) { return log_positive(x); }
+#endif
+inline Vectorized<double> log_positive_lut(const Vectorized<double>& x) { return x.log(); }
+
 template <typename T>
 inline Vectorized<T> where_nonneg(const Vectorized<T>& x, const Vectorized<T>& a, const Vectorized<T>& b) {
   return Vectorized<T>::blendv(b, a, x >= Vectorized<T>(T(0)));

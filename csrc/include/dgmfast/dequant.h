@@ -48,10 +48,11 @@ DGM_HOST_DEVICE DGM_INLINE T dequant_map(T q, T alpha, T* ld) {
 // [alpha/(1-alpha), (1-alpha)/alpha] and [alpha(1-alpha), 1/4]: positive normal numbers, so the loop
 // may use a log without special cases. It multiplies up to logit_factor_group(alpha) factors before
 // taking one log, so each element costs one log instead of two; p(1-p) >= alpha(1-alpha) bounds the
-// product away from underflow.
+// product away from underflow. It takes the cube point n q and slope = (1 - 2 alpha) / n: the same p as
+// alpha + (1 - 2 alpha) q, as scaling by 1/n = 2^-n_bits is exact, with one multiply fewer.
 template <typename T>
-DGM_HOST_DEVICE DGM_INLINE T logit_odds_factor(T q, T alpha, T* factor) {
-  T p = alpha + (T(1) - T(2) * alpha) * q;
+DGM_HOST_DEVICE DGM_INLINE T logit_odds_factor(T point, T slope, T alpha, T* factor) {
+  T p = alpha + slope * point;
   T p1 = T(1) - p;
   *factor = p * p1;
   return p / p1;
