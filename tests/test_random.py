@@ -21,7 +21,7 @@ def test_cpu_simd_words_match_the_scalar_generator(first, count):
     """The C++ CPU kernels' words block (SIMD registers of 4 or 8 counters, 4 registers per step, scalar
     philox4x32_10 for the counters left over) against the mirror: heads, tails and several steps."""
     if not dgmfast.has_extension():
-        pytest.skip("dgmfast._C not built")
+        pytest.skip("tests the C++ extension's Philox; this build has no extension (DGMFAST_SKIP_EXT or a failed build)")
     seed = 0x123456789ABCDEF
     words = torch.ops.dgmfast_C.philox_words(torch.tensor(seed), first, count, 3)
     expected = philox_words(torch.arange(first, first + count, dtype=torch.int64), seed, stream=3)
