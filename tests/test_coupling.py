@@ -319,6 +319,21 @@ def test_eager_fast_path_equals_the_custom_op(monkeypatch):
     assert len(calls) == 1 and y.shape == x.shape and ld.shape == (3,)  # traced: the custom op and its fake
 
 
+def test_double_backward_is_a_clear_error():
+    """The fused backward kernels record no graph: create_graph=True through an op raises (eager and custom op
+    paths) instead of giving second derivatives of 0; first-order gradients are unaffected."""
+    from dgmfast.ops import coupling as ops
+
+    x, r, t = (torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(i)).requires_grad_() for i in range(3))
+    args = (1, 1.0, 0.0, False, False, "cpu")
+    for fn in (ops.affine_coupling_fwd, ops.affine_coupling_fwd.op):
+        y, ld = fn(x, r, t, *args)
+        with pytest.raises(RuntimeError, match="affine_coupling_fwd has no double backward"):
+            torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        y, ld = fn(x, r, t, *args)
+        assert torch.autograd.grad((y * y).sum(), x)[0].shape == x.shape
+
+
 def test_info_runs():
     out = subprocess.run([sys.executable, "-m", "dgmfast.info"], capture_output=True, text=True, check=True).stdout
     assert "affine_coupling" in out and "extension dgmfast._C" in out

@@ -25,7 +25,9 @@
 #include <dgmfast/rows.h>
 
 #include <ATen/Dispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -37,9 +39,10 @@ namespace {
 //
 // The kernels walk blocks of at most kNoiseBlock elements: a segment of one row when rows are at least
 // kNoiseBlock long (rows chunked by parallel_rows), otherwise a tile of whole rows whose noise is one
-// Philox range (the counters b*D + d of consecutive rows are consecutive). A block's inputs are
-// gathered into flat math-dtype buffers, so the math runs on full vectors even for D = 10, and its
-// outputs, [B, D] contiguous, are flat too. Every row's sums are formed by one task in a fixed order.
+// Philox range (the counters b*D + d of consecutive rows are consecutive). A block's inputs are read
+// as one flat run (in place when the rows are contiguous in the math dtype, else gathered into a
+// buffer), so the math runs on full vectors even for D = 10, and its outputs, [B, D] contiguous, are
+// flat too. Every row's sums are formed by one task in a fixed order.
 
 template <typename T>
 struct KlLogQ {  // the two per-row sums of reparameterize
@@ -53,20 +56,26 @@ struct KlLogQ {  // the two per-row sums of reparameterize
   }
 };
 
-// Elements [lo, lo + n) of rows [b0, b1) of p (row stride `stride`), row after row into out.
+// Elements [lo, lo + n) of rows [b0, b1) of p (row stride `stride`), row after row: p itself when they are
+// already one contiguous run of the math dtype, else copied (and converted) into buf.
 template <typename scalar_t, typename math_t>
-void gather_block(const scalar_t* p, int64_t stride, int64_t b0, int64_t b1, int64_t lo, int64_t n, math_t* out) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const scalar_t* src = p + b * stride + lo;
-    math_t* dst = out + (b - b0) * n;
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<math_t>(src[i]);
+const math_t* gather_block(const scalar_t* p, int64_t stride, int64_t b0, int64_t b1, int64_t lo, int64_t n,
+                           math_t* buf) {
+  const scalar_t* first = p + b0 * stride + lo;
+  const bool one_run = stride == n || b1 - b0 == 1;
+  if constexpr (std::is_same_v<scalar_t, math_t>) {
+    if (one_run) return first;
   }
+  const int64_t rows = one_run ? 1 : b1 - b0, len = one_run ? (b1 - b0) * n : n;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < len; ++i) buf[r * len + i] = static_cast<math_t>(first[r * stride + i]);
+  return buf;
 }
 
 // The noise of a block: the given eps, or Philox counters b*D + lo + i (consecutive over the block).
 template <typename scalar_t, typename math_t>
-void load_noise(const scalar_t* ep, int64_t es, uint64_t seed, int64_t D, int64_t b0, int64_t b1, int64_t lo,
-                int64_t n, math_t* out) {
+const math_t* load_noise(const scalar_t* ep, int64_t es, uint64_t seed, int64_t D, int64_t b0, int64_t b1,
+                         int64_t lo, int64_t n, math_t* out) {
   if (ep != nullptr) return gather_block(ep, es, b0, b1, lo, n, out);
   const int64_t total = (b1 - b0) * n;
   if constexpr (std::is_same_v<math_t, float>) {
@@ -76,6 +85,7 @@ void load_noise(const scalar_t* ep, int64_t es, uint64_t seed, int64_t D, int64_
     philox_normal_block(static_cast<uint64_t>(b0 * D + lo), 0, seed, total, noise);
     for (int64_t i = 0; i < total; ++i) out[i] = static_cast<math_t>(noise[i]);
   }
+  return out;
 }
 
 // Sum of p[0..n).
@@ -125,10 +135,10 @@ void reparameterize_fwd_impl(const at::Tensor& mu, const at::Tensor& lv, const a
   std::vector<KlLogQ<math_t>> sums(B);
   for_blocks<KlLogQ<math_t>>(B, D, sums.data(), [&](int64_t b0, int64_t b1, int64_t lo, int64_t n,
                                                     KlLogQ<math_t>* row_sums) {
-    alignas(64) math_t m[kNoiseBlock], l[kNoiseBlock], e[kNoiseBlock], klt[kNoiseBlock], lqt[kNoiseBlock];
-    gather_block(mp, ms, b0, b1, lo, n, m);
-    gather_block(lp, ls, b0, b1, lo, n, l);
-    load_noise(ep, es, seed, D, b0, b1, lo, n, e);
+    alignas(64) math_t mb[kNoiseBlock], lb[kNoiseBlock], eb[kNoiseBlock], klt[kNoiseBlock], lqt[kNoiseBlock];
+    const math_t* m = gather_block(mp, ms, b0, b1, lo, n, mb);
+    const math_t* l = gather_block(lp, ls, b0, b1, lo, n, lb);
+    const math_t* e = load_noise(ep, es, seed, D, b0, b1, lo, n, eb);
     const int64_t total = (b1 - b0) * n;
     for (int64_t i = 0; i < total; i += IO::kSize) {
       const int64_t c = std::min<int64_t>(IO::kSize, total - i);  // the last vector may be partial
@@ -166,15 +176,18 @@ void reparameterize_bwd_impl(const at::Tensor& mu, const at::Tensor& lv, const a
   scalar_t* gep = geps != nullptr ? geps->mutable_data_ptr<scalar_t>() : nullptr;
   for_blocks<math_t>(B, D, static_cast<math_t*>(nullptr), [&](int64_t b0, int64_t b1, int64_t lo, int64_t n,
                                                               math_t*) {
-    alignas(64) math_t m[kNoiseBlock], l[kNoiseBlock], e[kNoiseBlock], g[kNoiseBlock], gk[kNoiseBlock],
+    alignas(64) math_t mb[kNoiseBlock], lb[kNoiseBlock], eb[kNoiseBlock], gb[kNoiseBlock], gk[kNoiseBlock],
         gq[kNoiseBlock];
-    gather_block(mp, ms, b0, b1, lo, n, m);
-    gather_block(lp, ls, b0, b1, lo, n, l);
-    gather_block(gzp, gzs, b0, b1, lo, n, g);
-    load_noise(ep, es, seed, D, b0, b1, lo, n, e);
+    const math_t* m = gather_block(mp, ms, b0, b1, lo, n, mb);
+    const math_t* l = gather_block(lp, ls, b0, b1, lo, n, lb);
+    const math_t* g = gather_block(gzp, gzs, b0, b1, lo, n, gb);
+    const math_t* e = load_noise(ep, es, seed, D, b0, b1, lo, n, eb);
     for (int64_t b = b0; b < b1; ++b) {  // the per-row incoming gradients of kl and log_q, per element
-      std::fill(gk + (b - b0) * n, gk + (b - b0 + 1) * n, gklp[b]);
-      std::fill(gq + (b - b0) * n, gq + (b - b0 + 1) * n, glqp[b]);
+      for (int64_t i = 0; i < n; i += Vec::size()) {
+        const int64_t c = std::min<int64_t>(Vec::size(), n - i);
+        Vec(gklp[b]).store(gk + (b - b0) * n + i, c);
+        Vec(glqp[b]).store(gq + (b - b0) * n + i, c);
+      }
     }
     const int64_t total = (b1 - b0) * n, at = b0 * D + lo;
     for (int64_t i = 0; i < total; i += IO::kSize) {
@@ -226,6 +239,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_bwd_cpu(
                                       glq, gmu, glv, eps.defined() ? &geps : nullptr);
   });
   return {gmu, glv, geps};
+}
+
+// ---- reparameterize: the Autograd kernel of eager calls ----
+//
+// Eager calls on the cpu and cuda backends record one C++ graph node (ReparameterizeNode) instead of a
+// Python torch.autograd.Function: at [256, 10] the Python forward and backward cost about as much as the two
+// kernels. It saves what the dgmfast::reparameterize_fwd custom op (dgmfast/ops/gaussian.py, the path of
+// traced graphs) saves, mu, logvar, the given eps and the seed, and its backward is the same call of
+// dgmfast_C::reparameterize_bwd. Both ops are called through the dispatcher, so one kernel serves every device.
+using ReparameterizeFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                        const c10::optional<at::Tensor>&, int64_t);
+using ReparameterizeBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&);
+
+struct ReparameterizeNode : public torch::autograd::Function<ReparameterizeNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& mu,
+                                                const at::Tensor& lv, const c10::optional<at::Tensor>& eps,
+                                                int64_t seed) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("dgmfast_C::reparameterize_fwd", "")
+                               .typed<ReparameterizeFn>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [z, kl, log_q] = op.call(mu, lv, eps, seed);
+    ctx->save_for_backward({mu, lv, eps.value_or(at::Tensor())});
+    ctx->saved_data["seed"] = seed;
+    return {z, kl, log_q};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("dgmfast_C::reparameterize_bwd", "")
+                               .typed<ReparameterizeBwdFn>();
+    const auto saved = ctx->get_saved_variables();
+    // as FusedOp's Python backward (dgmfast/ops/common.py): the fused backward records no graph
+    const auto needs_graph = [](const torch::autograd::variable_list& ts) {
+      return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return t.defined() && t.requires_grad(); });
+    };
+    TORCH_CHECK(!at::GradMode::is_enabled() || (!needs_graph(grads) && !needs_graph(saved)),
+                "dgmfast: dgmfast::reparameterize_fwd has no double backward (create_graph=True through it): its "
+                "backward is a fused kernel that records no graph; for higher-order gradients run the reference "
+                "backend (dgmfast.use_backend('torch'))");
+    const c10::optional<at::Tensor> eps = saved[2].defined() ? c10::optional<at::Tensor>(saved[2]) : c10::nullopt;
+    auto [gmu, glv, geps] = op.call(saved[0], saved[1], eps, ctx->saved_data["seed"].toInt(), grads[0], grads[1],
+                                    grads[2]);
+    return {gmu, glv, eps.has_value() ? geps : at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fwd_autograd(const at::Tensor& mu, const at::Tensor& lv,
+                                                                           const c10::optional<at::Tensor>& eps,
+                                                                           int64_t seed) {
+  auto out = ReparameterizeNode::apply(mu, lv, eps, seed);
+  return {out[0], out[1], out[2]};
 }
 
 // ---- diagonal-Gaussian mixture -------------------------------------------------------------------
@@ -730,4 +798,8 @@ TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("reparameterize_bwd", &dgm::cpu::reparameterize_bwd_cpu);
   m.impl("gaussian_mixture_fwd", &dgm::cpu::gaussian_mixture_fwd_cpu);
   m.impl("gaussian_mixture_bwd", &dgm::cpu::gaussian_mixture_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
+  m.impl("reparameterize_fwd", &dgm::cpu::reparameterize_fwd_autograd);
 }

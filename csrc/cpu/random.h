@@ -125,17 +125,29 @@ inline int64_t philox_simd(uint64_t g0, int64_t G, uint32_t stream, uint64_t see
 constexpr int64_t kNoiseBlock = 256;
 constexpr int64_t kGroups = 64;  // Philox counters per words block of the normal fill
 
-// The words of counters g0 .. g0+G-1 into w0..w3[0..G): philox_words_block, SIMD where built.
+// The words of counters g0 .. g0+G-1 into w0..w3[0..G): philox_words_block, SIMD where built (a last,
+// partial step runs as a whole step into a buffer, so small blocks stay off the scalar path).
 inline void philox_words(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, uint32_t* w0, uint32_t* w1,
                          uint32_t* w2, uint32_t* w3) {
   int64_t done = 0;
 #ifdef DGM_PHILOX_SIMD
-  done = philox_simd(g0, G, stream, seed, [&](int64_t g, auto c0, auto c1, auto c2, auto c3) {
-    PhiloxLanes::store_words(w0 + g, c0);
-    PhiloxLanes::store_words(w1 + g, c1);
-    PhiloxLanes::store_words(w2 + g, c2);
-    PhiloxLanes::store_words(w3 + g, c3);
-  });
+  const auto store_into = [](uint32_t* const* w) {
+    return [w](int64_t g, auto c0, auto c1, auto c2, auto c3) {
+      PhiloxLanes::store_words(w[0] + g, c0);
+      PhiloxLanes::store_words(w[1] + g, c1);
+      PhiloxLanes::store_words(w[2] + g, c2);
+      PhiloxLanes::store_words(w[3] + g, c3);
+    };
+  };
+  uint32_t* const out[4] = {w0, w1, w2, w3};
+  done = philox_simd(g0, G, stream, seed, store_into(out));
+  if (done < G) {
+    alignas(64) uint32_t tail[4][kPhiloxStep];
+    uint32_t* const buf[4] = {tail[0], tail[1], tail[2], tail[3]};
+    philox_simd(g0 + done, kPhiloxStep, stream, seed, store_into(buf));
+    for (int k = 0; k < 4; ++k) std::copy(tail[k], tail[k] + (G - done), out[k] + done);
+    done = G;
+  }
 #endif
   philox_words_block(g0 + done, G - done, stream, seed, w0 + done, w1 + done, w2 + done, w3 + done);
 }
@@ -156,14 +168,23 @@ inline int64_t philox_uniform_vecs(uint64_t g0, int64_t G, uint32_t stream, uint
 }
 #endif
 
-// out[j] = philox_uniform(4 g0 + j) for j < 4G.
+// out[j] = philox_uniform(4 g0 + j) for j < 4G (a last, partial step as in philox_words).
 inline void philox_uniform_groups(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, float* out) {
   int64_t done = 0;
 #ifdef DGM_PHILOX_SIMD
-  done = philox_uniform_vecs(g0, G, stream, seed, [&](int64_t e, const auto& u0, const auto& u1) {
-    u0.store(out + e);
-    u1.store(out + e + u0.size());
-  });
+  const auto store_into = [](float* o) {
+    return [o](int64_t e, const auto& u0, const auto& u1) {
+      u0.store(o + e);
+      u1.store(o + e + u0.size());
+    };
+  };
+  done = philox_uniform_vecs(g0, G, stream, seed, store_into(out));
+  if (done < G) {
+    alignas(64) float tail[4 * kPhiloxStep];
+    philox_uniform_vecs(g0 + done, kPhiloxStep, stream, seed, store_into(tail));
+    std::copy(tail, tail + 4 * (G - done), out + 4 * done);
+    done = G;
+  }
 #endif
   for (int64_t g = done; g < G; ++g) {
     const Philox4 r = philox4x32_10(g0 + g, stream, seed);
@@ -180,20 +201,24 @@ inline void philox_uniform_fill(uint64_t first, int64_t n, uint32_t stream, uint
   for (j += 4 * G; j < n; ++j) out[j] = philox_uniform(first + j, stream, seed);
 }
 
-// out[j] = philox_normal(first + j) for j < n.
+// out[j] = philox_normal(first + j) for j < n. Whole counters (4 elements each), kGroups at a time, go
+// through a buffer, so a block of any alignment and length runs on vectors only.
 inline void philox_normal_block(uint64_t first, uint32_t stream, uint64_t seed, int64_t n, float* out) {
   using Vec = at::vec::Vectorized<float>;
   alignas(64) uint32_t w[4][kGroups];
-  alignas(64) float u1[kGroups], u2[kGroups], c[2][kGroups], s[2][kGroups];
-  int64_t j = 0;
-  for (; j < n && ((first + j) & 3) != 0; ++j) out[j] = philox_normal(first + j, stream, seed);
-  for (int64_t left = (n - j) / 4; left > 0;) {
-    const int64_t G = left < kGroups ? left : kGroups;
-    philox_words((first + j) >> 2, G, stream, seed, w[0], w[1], w[2], w[3]);
+  alignas(64) float u1[kGroups], u2[kGroups], c[2][kGroups], s[2][kGroups], normals[4 * kGroups];
+  const uint64_t last = first + static_cast<uint64_t>(std::max<int64_t>(n, 0));
+  for (uint64_t g0 = first / 4; 4 * g0 < last; g0 += kGroups) {
+    const int64_t G = std::min<int64_t>(kGroups, static_cast<int64_t>((last - 4 * g0 + 3) / 4));
+    philox_words(g0, G, stream, seed, w[0], w[1], w[2], w[3]);
+    const int64_t Gv = (G + Vec::size() - 1) / Vec::size() * Vec::size();
+    for (int k = 0; k < 4; ++k) std::fill(w[k] + G, w[k] + Gv, 0u);  // the last vector's padding lanes
     for (int k = 0; k < 2; ++k) {
-      for (int64_t g = 0; g < kGroups; ++g) {  // the padding past G stays finite (u1 = 1)
-        u1[g] = g < G ? static_cast<float>((w[2 * k][g] >> 8) + 1u) * 5.9604644775390625e-08f : 1.0f;
-        u2[g] = g < G ? uniform_from_bits(w[2 * k + 1][g]) : 0.0f;
+      // Box-Muller's uniforms (as box_muller in philox.h): u1 in (0, 1], so every lane's log is finite.
+      // The top 24 bits fit an int32, whose conversion vectorizes.
+      for (int64_t g = 0; g < Gv; ++g) {
+        u1[g] = static_cast<float>(static_cast<int32_t>(w[2 * k][g] >> 8) + 1) * 5.9604644775390625e-08f;
+        u2[g] = static_cast<float>(static_cast<int32_t>(w[2 * k + 1][g] >> 8)) * 5.9604644775390625e-08f;
       }
       for (int64_t g = 0; g < G; g += Vec::size()) {
         const Vec radius = (Vec(-2.0f) * Vec::loadu(u1 + g).log()).sqrt();
@@ -202,17 +227,15 @@ inline void philox_normal_block(uint64_t first, uint32_t stream, uint64_t seed, 
         (radius * angle.sin()).store(s[k] + g);
       }
     }
-    float* o = out + j;
     for (int64_t g = 0; g < G; ++g) {
-      o[4 * g] = c[0][g];
-      o[4 * g + 1] = s[0][g];
-      o[4 * g + 2] = c[1][g];
-      o[4 * g + 3] = s[1][g];
+      normals[4 * g] = c[0][g];
+      normals[4 * g + 1] = s[0][g];
+      normals[4 * g + 2] = c[1][g];
+      normals[4 * g + 3] = s[1][g];
     }
-    j += 4 * G;
-    left -= G;
+    const uint64_t lo = std::max(first, 4 * g0), hi = std::min(last, 4 * (g0 + G));
+    std::copy(normals + (lo - 4 * g0), normals + (hi - 4 * g0), out + (lo - first));
   }
-  for (; j < n; ++j) out[j] = philox_normal(first + j, stream, seed);
 }
 
 }  // namespace dgm::cpu

@@ -76,23 +76,44 @@ def _eager_args(args) -> bool:
                                                      if isinstance(a, torch.Tensor))
 
 
+def no_double_backward_message(name: str) -> str:
+    return (f"dgmfast: {name} has no double backward (create_graph=True through it): its backward is a fused "
+            "kernel that records no graph; for higher-order gradients run the reference backend "
+            "(dgmfast.use_backend('torch'))")
+
+
 class FusedOp:
     """A `torch.library.custom_op` (``.op``) that eager calls reach without torch.library's Python
     dispatch, which costs tens of microseconds per call (as much as a small fused kernel): in eager
     mode the implementation runs directly, inside a `torch.autograd.Function` built from the same
-    setup_context/backward when autograd needs it. Under tracing (torch.compile, make_fx, fake
+    setup_context/backward when autograd needs it (or, on `native_autograd` backends, recording the C++
+    graph node of the dgmfast_C op it calls, which skips Python in both directions). Under tracing (torch.compile, make_fx, fake
     tensors) every call goes to the custom op, so graphs hold it as one opaque node with its fake."""
 
-    def __init__(self, op, impl):
+    def __init__(self, op, impl, name, native_autograd=()):
         self.op = op
+        self.name = name  # "dgmfast::<op>"
         self._impl = impl  # the function the custom op was made from
         self._function = None
+        # backends (the op's last argument) whose implementation records autograd itself: a C++ Autograd
+        # kernel of the dgmfast_C op it calls, with the same formula as register_autograd's
+        self._native_autograd = frozenset(native_autograd)
 
     def register_fake(self, fn):
         return self.op.register_fake(fn)
 
     def register_autograd(self, backward, *, setup_context):
-        self.op.register_autograd(backward, setup_context=setup_context)
+        name = self.name
+
+        def first_order_backward(ctx, *grads):
+            # the engine enables grad mode in a backward only for create_graph=True; the fused backward
+            # kernels record no graph, so a second derivative would silently be 0
+            if torch.is_grad_enabled() and any(isinstance(g, torch.Tensor) and g.requires_grad
+                                               for g in (*grads, *ctx.saved_tensors)):
+                raise RuntimeError(no_double_backward_message(name))
+            return backward(ctx, *grads)
+
+        self.op.register_autograd(first_order_backward, setup_context=setup_context)
         impl = self._impl
 
         def forward(ctx, *args):  # ctx-style forward: a separate setup_context costs an inspect.signature per call
@@ -101,21 +122,23 @@ class FusedOp:
             return out
 
         self._function = type(f"{impl.__name__}_function", (torch.autograd.Function,), dict(
-            forward=staticmethod(forward), backward=staticmethod(backward)))
+            forward=staticmethod(forward), backward=staticmethod(first_order_backward)))
 
     def __call__(self, *args):
         if not _eager_args(args):
             return self.op(*args)
-        if self._function is not None and torch.is_grad_enabled() and any(
+        if self._function is not None and args[-1] not in self._native_autograd and torch.is_grad_enabled() and any(
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return self._function.apply(*args)
         return self._impl(*args)
 
 
-def custom_op(name: str):
-    """Decorator: `torch.library.custom_op(name, mutates_args=())` wrapped in a `FusedOp`."""
+def custom_op(name: str, native_autograd=()):
+    """Decorator: `torch.library.custom_op(name, mutates_args=())` wrapped in a `FusedOp`; the op's last
+    argument is its backend. `native_autograd`: the backends whose implementation records its own graph
+    node in eager calls (see FusedOp)."""
     def wrap(fn):
-        return FusedOp(torch.library.custom_op(name, mutates_args=())(fn), fn)
+        return FusedOp(torch.library.custom_op(name, mutates_args=())(fn), fn, name, native_autograd)
     return wrap
 
 

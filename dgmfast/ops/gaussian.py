@@ -77,7 +77,9 @@ def _reparameterize_bwd_triton(mu, logvar, eps, seed, gz, gkl, glq):
     return gmu, glv, geps
 
 
-@custom_op("dgmfast::reparameterize_fwd")
+# cpu/cuda eager calls record the C++ node of dgmfast_C::reparameterize_fwd (csrc/cpu/gaussian.cpp), whose
+# backward is _reparameterize_backward's call of dgmfast_C::reparameterize_bwd
+@custom_op("dgmfast::reparameterize_fwd", native_autograd=("cpu", "cuda"))
 def reparameterize_fwd(mu: Tensor, logvar: Tensor, eps: Tensor | None, seed: Tensor,
                        backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
