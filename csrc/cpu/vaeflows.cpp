@@ -201,30 +201,49 @@ struct PlanarInputs {
 // Fixed rows per task (depends on B only): deterministic sums for shared parameters.
 inline int64_t planar_rows_per_task(int64_t B) { return std::max<int64_t>(16, (B + 127) / 128); }
 
+// Rows go in groups of one vector's width (16 float rows): the L-step chain of one row is latency-bound
+// (dot, its lane sum, tanh, axpy, each waiting for the last), so a group runs each step's dot products for all
+// its rows back to back, one vector tanh and log-det term for the group, then the updates.
 template <typename scalar_t>
 void planar_fwd_impl(const at::Tensor& z, const PlanarInputs<scalar_t>& P, at::Tensor& out, at::Tensor& logdet,
                      at::Tensor& pre) {
   using math_t = opmath_t<scalar_t>;
   using Ops = RowOps<math_t>;
+  using Vec = typename Ops::Vec;
+  constexpr int64_t G = Ops::V;
   const int64_t B = z.size(0), D = P.D, Dp = P.Dp, L = P.L, zs = row_stride(z);
   const scalar_t* zp = z.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   math_t *ldp = logdet.mutable_data_ptr<math_t>(), *ap = pre.mutable_data_ptr<math_t>();
-  at::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> Z(Dp, 0), scratch(3 * Dp, 0);
-    for (int64_t row = begin; row < end; ++row) {
-      Ops::load(zp + row * zs, D, Z.data());
-      math_t ld = 0;
+  at::parallel_for(0, (B + G - 1) / G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<math_t> Z(G * Dp, 0), scratch(G * 3 * Dp, 0);
+    std::vector<typename PlanarInputs<scalar_t>::Step> steps(G);
+    alignas(64) math_t a[G], h[G], wuh[G], ld[G];
+    for (int64_t group = begin; group < end; ++group) {
+      const int64_t r0 = group * G, rows = std::min(G, B - r0);
+      for (int64_t r = 0; r < rows; ++r) Ops::load(zp + (r0 + r) * zs, D, Z.data() + r * Dp);
+      std::fill(a, a + G, math_t(0));  // rows past B: h = 0, log-det term 0
+      std::fill(wuh, wuh + G, math_t(0));
+      Vec ld_v(0);
       for (int64_t l = 0; l < L; ++l) {
-        const auto s = P.step(row, l, scratch.data());
-        const math_t a = Ops::dot(s.w, Z.data(), Dp) + P.bias(row, l);
-        const math_t h = dgm::tanh(a);
-        Ops::axpy(Z.data(), h, s.uh, Dp);
-        ld += planar_logdet_term(h, s.k.wuh);
-        ap[row * L + l] = a;
+        for (int64_t r = 0; r < rows; ++r) {
+          steps[r] = P.step(r0 + r, l, scratch.data() + r * 3 * Dp);
+          a[r] = Ops::dot(steps[r].w, Z.data() + r * Dp, Dp) + P.bias(r0 + r, l);
+          wuh[r] = steps[r].k.wuh;
+        }
+        const Vec h_v = dgm::tanh(Vec::loadu(a));
+        h_v.store(h);
+        ld_v = ld_v + planar_logdet_term(h_v, Vec::loadu(wuh));
+        for (int64_t r = 0; r < rows; ++r) {
+          Ops::axpy(Z.data() + r * Dp, h[r], steps[r].uh, Dp);
+          ap[(r0 + r) * L + l] = a[r];
+        }
       }
-      Ops::store(op + row * D, Z.data(), D);
-      ldp[row] = ld;
+      ld_v.store(ld);
+      for (int64_t r = 0; r < rows; ++r) {
+        Ops::store(op + (r0 + r) * D, Z.data() + r * Dp, D);
+        ldp[r0 + r] = ld[r];
+      }
     }
   });
 }
