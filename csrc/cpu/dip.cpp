@@ -1,5 +1,5 @@
-// DIP-VAE covariance penalty (SPEC §8), C++ CPU kernels: one pass for the shifted sums (a Gram
-// micro-kernel over row tiles), the [D, D] epilogue of csrc/include/dgmfast/dip.h, one pass for the
+// DIP-VAE covariance penalty (SPEC §8), C++ CPU kernels: one pass for the centred sums (a Gram
+// micro-kernel over row tiles, each task's rows centred on their own mean), the [D, D] epilogue of csrc/include/dgmfast/dip.h, one pass for the
 // gradient. Row tasks of fixed size write their own partial sums, reduced in task order: deterministic
 // for any thread count. Schemas of the family are declared here.
 #include "loops.h"
@@ -72,11 +72,15 @@ void gram_upper(const math_t* X, int64_t rows, int64_t Dp, math_t* S) {
   }
 }
 
-// Shifted sums of mu [N, D] (shift: its first row) into s1 [Dp], s2 [Dp, Dp] (full, symmetric) and,
-// with logvar, se [Dp] = sum_n exp(logvar_n). Outputs start zeroed.
+// Sums of mu [N, D] relative to its first row c: s1 [Dp] = sum_n (mu_n - c) and the centred second moment
+// m2 [Dp, Dp] = sum_n (mu_n - mean)(mu_n - mean)^T (full, symmetric) and, with logvar, se [Dp] =
+// sum_n exp(logvar_n). Each task centres its rows on their own mean t (relative to c) before its Gram, and the
+// tasks are merged in task order with Chan et al.'s update, m2 = sum_t [m2_t + n_t (t - T)(t - T)^T], T = s1/N:
+// the Gram never sees the batch mean, so a row c far from it (a large mean, an outlier first row) costs no
+// accuracy to cancellation. Outputs start zeroed.
 template <typename scalar_t>
 void dip_sums(const at::Tensor& mu, const at::Tensor* logvar, int64_t Dp, opmath_t<scalar_t>* s1,
-              opmath_t<scalar_t>* s2, opmath_t<scalar_t>* se) {
+              opmath_t<scalar_t>* m2, opmath_t<scalar_t>* se) {
   using IO = VecIO<scalar_t>;
   using math_t = typename IO::math_t;
   using Vec = typename IO::Vec;
@@ -88,7 +92,7 @@ void dip_sums(const at::Tensor& mu, const at::Tensor* logvar, int64_t Dp, opmath
   std::vector<math_t> centre(Dp, math_t(0));
   for (int64_t d = 0; d < D; ++d) centre[d] = static_cast<math_t>(mp[d]);
   const int64_t tasks = (N + kDipRows - 1) / kDipRows, part = Dp * Dp + 2 * Dp;
-  std::vector<math_t> partial(tasks * part, math_t(0));
+  std::vector<math_t> partial(tasks * part, math_t(0));  // per task: sum of rows - c, m2_t, sum exp(logvar)
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<math_t> X(kDipRows * Dp, math_t(0));
     for (int64_t task = begin; task < end; ++task) {
@@ -98,6 +102,10 @@ void dip_sums(const at::Tensor& mu, const at::Tensor* logvar, int64_t Dp, opmath
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t d = 0; d < Dp; d += IO::kSize)
           (Vec::loadu(p1 + d) + Vec::loadu(X.data() + r * Dp + d)).store(p1 + d);
+      for (int64_t d = 0; d < Dp; d += IO::kSize) {  // rows - t (padding stays 0)
+        const Vec t = Vec::loadu(p1 + d) / Vec(static_cast<math_t>(rows));
+        for (int64_t r = 0; r < rows; ++r) (Vec::loadu(X.data() + r * Dp + d) - t).store(X.data() + r * Dp + d);
+      }
       gram_upper(X.data(), rows, Dp, p2);
       if (lp != nullptr) {
         for (int64_t r = 0; r < rows; ++r) {
@@ -112,11 +120,18 @@ void dip_sums(const at::Tensor& mu, const at::Tensor* logvar, int64_t Dp, opmath
   for (int64_t task = 0; task < tasks; ++task) {
     const math_t* p = partial.data() + task * part;
     for (int64_t k = 0; k < Dp; ++k) s1[k] += p[k];
-    for (int64_t k = 0; k < Dp * Dp; ++k) s2[k] += p[Dp + k];
     for (int64_t k = 0; k < Dp; ++k) se[k] += p[Dp + Dp * Dp + k];
   }
+  std::vector<math_t> dev(Dp, math_t(0));  // t - T of a task
+  for (int64_t task = 0; task < tasks; ++task) {
+    const math_t* p = partial.data() + task * part;
+    const math_t n_t = static_cast<math_t>(std::min(N, (task + 1) * kDipRows) - task * kDipRows);
+    for (int64_t d = 0; d < D; ++d) dev[d] = p[d] / n_t - s1[d] / static_cast<math_t>(N);
+    for (int64_t i = 0; i < Dp; ++i)
+      for (int64_t j = i; j < Dp; ++j) m2[i * Dp + j] += p[Dp + i * Dp + j] + n_t * dev[i] * dev[j];
+  }
   for (int64_t i = 0; i < Dp; ++i)
-    for (int64_t j = 0; j < i; ++j) s2[i * Dp + j] = s2[j * Dp + i];
+    for (int64_t j = 0; j < i; ++j) m2[i * Dp + j] = m2[j * Dp + i];
 }
 
 void check_inputs(const at::Tensor& mu, const std::optional<at::Tensor>& logvar) {
@@ -126,7 +141,7 @@ void check_inputs(const at::Tensor& mu, const std::optional<at::Tensor>& logvar)
 
 at::ScalarType acc_type(const at::Tensor& t) { return acc_scalar_type(t.scalar_type()); }
 
-// Shared by the moments op and the penalty forward: offset = s1/N, m2 = s2 - s1 s1^T/N (padded [Dp, Dp]).
+// Shared by the moments op and the penalty forward: offset = s1/N = mean - mu[0], m2 (padded [Dp, Dp]).
 template <typename scalar_t>
 struct Moments {
   using math_t = opmath_t<scalar_t>;
@@ -135,7 +150,6 @@ struct Moments {
   Moments(const at::Tensor& mu, const at::Tensor* logvar)
       : D(mu.size(1)), Dp(padded_dim<math_t>(mu.size(1))), s1(Dp, 0), m2(Dp * Dp, 0), se(Dp, 0) {
     dip_sums<scalar_t>(mu, logvar, Dp, s1.data(), m2.data(), se.data());
-    if (mu.size(0) > 0) dip_centre_sums(m2.data(), s1.data(), D, Dp, static_cast<math_t>(mu.size(0)));
   }
   void write(at::Tensor& offset, at::Tensor* m2_out, at::Tensor* se_out, int64_t N) const {
     math_t* o = offset.mutable_data_ptr<math_t>();

@@ -1,7 +1,8 @@
 """DIP-VAE covariance penalty (SPEC §8) as torch.library custom ops, and its global-batch form.
 
 ``dgmfast::dip_vae_penalty_fwd(mu, logvar)`` -> ``(penalty, offset, grad_cov)``: one pass over mu for the
-shifted sums (shift mu[0]), then the [D, D] epilogue; ``offset = mean - mu[0]`` and ``grad_cov = dP/dCov``
+centred second moment (the CPU kernel centres each 512-row task on its own mean and merges the tasks with
+Chan et al.'s update; the Triton kernel shifts the rows by mu[0]), then the [D, D] epilogue; ``offset = mean - mu[0]`` and ``grad_cov = dP/dCov``
 (symmetric, [D, D]) are saved for backward with the inputs: recomputing them would cost a second full
 pass, keeping them costs O(D^2). ``dgmfast::dip_vae_penalty_bwd(mu, logvar, offset, coef)`` is the
 gradient pass: ``grad_mu = 2 (mu_n - mu_0 - offset) coef``, ``grad_logvar = diag(coef) exp(logvar)`` with
