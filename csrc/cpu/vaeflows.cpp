@@ -265,7 +265,7 @@ void planar_bwd_impl(const at::Tensor& z, const PlanarInputs<scalar_t>& P, const
   const int64_t part = P.shared_uw ? L * (2 * Dp + 2) : (P.shared_b ? L : 0);
   std::vector<math_t> partial(tasks * part, math_t(0));
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> Z(Dp, 0), GZ(Dp, 0), GU(Dp, 0), GW(Dp, 0), scratch(3 * Dp, 0);
+    std::vector<math_t> Z(Dp, 0), GZ(Dp, 0), GU(Dp, 0), GW(Dp, 0), scratch(3 * Dp, 0), H(L);
     for (int64_t task = begin; task < end; ++task) {
       math_t* A = partial.data() + task * part;  // [L, Dp] when shared_uw
       math_t* Zs = A + L * Dp;
@@ -273,13 +273,17 @@ void planar_bwd_impl(const at::Tensor& z, const PlanarInputs<scalar_t>& P, const
       math_t* Ga = P.shared_uw ? Gm + L : A;
       for (int64_t row = task * per; row < std::min(B, (task + 1) * per); ++row) {
         const math_t* a = ap + row * L;
+        for (int64_t l = 0; l < L; l += Ops::V) {  // h = tanh(a), a vector at a time (as the forward)
+          const int64_t c = std::min<int64_t>(Ops::V, L - l);
+          dgm::tanh(Vec::loadu(a + l, c)).store(H.data() + l, c);
+        }
         Ops::load(zp + row * zs, D, Z.data());
-        for (int64_t l = 0; l < L; ++l) Ops::axpy(Z.data(), dgm::tanh(a[l]), P.step(row, l, scratch.data()).uh, Dp);
+        for (int64_t l = 0; l < L; ++l) Ops::axpy(Z.data(), H[l], P.step(row, l, scratch.data()).uh, Dp);
         Ops::load(gyp + row * gys, D, GZ.data());
         const math_t g_ld = gldp[row];
         for (int64_t l = L - 1; l >= 0; --l) {
           const auto s = P.step(row, l, scratch.data());
-          const math_t h = dgm::tanh(a[l]);
+          const math_t h = H[l];
           Ops::axpy(Z.data(), -h, s.uh, Dp);  // z_l
           math_t g_a, g_wuh;
           planar_step_grads(h, s.k.wuh, Ops::dot(GZ.data(), s.uh, Dp), g_ld, &g_a, &g_wuh);
