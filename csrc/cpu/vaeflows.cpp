@@ -264,50 +264,84 @@ void planar_bwd_impl(const at::Tensor& z, const PlanarInputs<scalar_t>& P, const
   const int64_t per = planar_rows_per_task(B), tasks = (B + per - 1) / per;
   const int64_t part = P.shared_uw ? L * (2 * Dp + 2) : (P.shared_b ? L : 0);
   std::vector<math_t> partial(tasks * part, math_t(0));
+  // Rows go in groups of G (one vector's width), as in the forward: per step, the group's dot products run back
+  // to back and the step's scalar gradients are one vector computation. Within a task the shared sums still take
+  // the rows in order, step by step.
+  constexpr int64_t G = Ops::V;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<math_t> Z(Dp, 0), GZ(Dp, 0), GU(Dp, 0), GW(Dp, 0), scratch(3 * Dp, 0), H(L);
+    std::vector<math_t> Z(G * Dp, 0), GZ(G * Dp, 0), GU(Dp, 0), GW(Dp, 0), scratch(G * 3 * Dp, 0), HT(L * G, 0);
+    std::vector<typename PlanarInputs<scalar_t>::Step> steps(G);
+    alignas(64) math_t a_l[G], wuh[G], g_h[G], g_ld[G], g_a[G], g_wuh[G];
     for (int64_t task = begin; task < end; ++task) {
       math_t* A = partial.data() + task * part;  // [L, Dp] when shared_uw
       math_t* Zs = A + L * Dp;
       math_t* Gm = P.shared_uw ? Zs + L * Dp : nullptr;
       math_t* Ga = P.shared_uw ? Gm + L : A;
-      for (int64_t row = task * per; row < std::min(B, (task + 1) * per); ++row) {
-        const math_t* a = ap + row * L;
-        for (int64_t l = 0; l < L; l += Ops::V) {  // h = tanh(a), a vector at a time (as the forward)
-          const int64_t c = std::min<int64_t>(Ops::V, L - l);
-          dgm::tanh(Vec::loadu(a + l, c)).store(H.data() + l, c);
+      const int64_t t1 = std::min(B, (task + 1) * per);
+      for (int64_t r0 = task * per; r0 < t1; r0 += G) {
+        const int64_t rows = std::min(G, t1 - r0);
+        std::fill(wuh, wuh + G, math_t(0));  // lanes past the group's rows stay 0 (finite step gradients)
+        std::fill(g_h, g_h + G, math_t(0));
+        std::fill(g_ld, g_ld + G, math_t(0));
+        for (int64_t l = 0; l < L; ++l) {  // HT[l][r] = tanh(a_l) of row r, a vector per step (as the forward)
+          std::fill(a_l, a_l + G, math_t(0));
+          for (int64_t r = 0; r < rows; ++r) a_l[r] = ap[(r0 + r) * L + l];
+          dgm::tanh(Vec::loadu(a_l)).store(HT.data() + l * G);
         }
-        Ops::load(zp + row * zs, D, Z.data());
-        for (int64_t l = 0; l < L; ++l) Ops::axpy(Z.data(), H[l], P.step(row, l, scratch.data()).uh, Dp);
-        Ops::load(gyp + row * gys, D, GZ.data());
-        const math_t g_ld = gldp[row];
+        for (int64_t r = 0; r < rows; ++r) {
+          Ops::load(zp + (r0 + r) * zs, D, Z.data() + r * Dp);
+          Ops::load(gyp + (r0 + r) * gys, D, GZ.data() + r * Dp);
+          g_ld[r] = gldp[r0 + r];
+        }
+        for (int64_t l = 0; l < L; ++l)  // z_L
+          for (int64_t r = 0; r < rows; ++r)
+            Ops::axpy(Z.data() + r * Dp, HT[l * G + r], P.step(r0 + r, l, scratch.data() + r * 3 * Dp).uh, Dp);
         for (int64_t l = L - 1; l >= 0; --l) {
-          const auto s = P.step(row, l, scratch.data());
-          const math_t h = H[l];
-          Ops::axpy(Z.data(), -h, s.uh, Dp);  // z_l
-          math_t g_a, g_wuh;
-          planar_step_grads(h, s.k.wuh, Ops::dot(GZ.data(), s.uh, Dp), g_ld, &g_a, &g_wuh);
-          if (P.shared_uw) {
-            Ops::axpy(A + l * Dp, h, GZ.data(), Dp);
-            Ops::axpy(Zs + l * Dp, g_a, Z.data(), Dp);
-            Gm[l] += g_wuh;
-          } else {
-            math_t g_s, g_q;
-            planar_uhat_grads(s.k, h * Ops::dot(GZ.data(), s.w, Dp), g_wuh, &g_s, &g_q);
-            for (int64_t d = 0; d < Dp; d += Ops::V) {
-              const Vec g_uh = Vec(h) * Vec::loadu(GZ.data() + d), wv = Vec::loadu(s.w + d);
-              (g_uh + Vec(g_s) * wv).store(GU.data() + d);
-              (Vec(s.k.c) * g_uh + Vec(g_s) * Vec::loadu(s.u + d) + Vec(2 * g_q) * wv +
-               Vec(g_a) * Vec::loadu(Z.data() + d)).store(GW.data() + d);
-            }
-            Ops::store(gup + (row * L + l) * D, GU.data(), D);
-            Ops::store(gwp + (row * L + l) * D, GW.data(), D);
+          const math_t* h = HT.data() + l * G;
+          for (int64_t r = 0; r < rows; ++r) {
+            steps[r] = P.step(r0 + r, l, scratch.data() + r * 3 * Dp);
+            Ops::axpy(Z.data() + r * Dp, -h[r], steps[r].uh, Dp);  // z_l
+            g_h[r] = Ops::dot(GZ.data() + r * Dp, steps[r].uh, Dp);
+            wuh[r] = steps[r].k.wuh;
           }
-          if (P.shared_b) Ga[l] += g_a;
-          else gbp[row * L + l] = static_cast<scalar_t>(g_a);
-          Ops::axpy(GZ.data(), g_a, s.w, Dp);
+          Vec ga_v, gwuh_v;
+          planar_step_grads(Vec::loadu(h), Vec::loadu(wuh), Vec::loadu(g_h), Vec::loadu(g_ld), &ga_v, &gwuh_v);
+          ga_v.store(g_a);
+          gwuh_v.store(g_wuh);
+          if (P.shared_uw) {  // A_l += h g_z, Zs_l += g_a z_l row after row, each sum held in a register
+            for (int64_t d = 0; d < Dp; d += Ops::V) {
+              Vec a_sum = Vec::loadu(A + l * Dp + d), z_sum = Vec::loadu(Zs + l * Dp + d);
+              for (int64_t r = 0; r < rows; ++r) {
+                a_sum = at::vec::fmadd(Vec(h[r]), Vec::loadu(GZ.data() + r * Dp + d), a_sum);
+                z_sum = at::vec::fmadd(Vec(g_a[r]), Vec::loadu(Z.data() + r * Dp + d), z_sum);
+              }
+              a_sum.store(A + l * Dp + d);
+              z_sum.store(Zs + l * Dp + d);
+            }
+            for (int64_t r = 0; r < rows; ++r) Gm[l] += g_wuh[r];
+          }
+          for (int64_t r = 0; r < rows; ++r) {
+            const auto& s = steps[r];
+            math_t *zr = Z.data() + r * Dp, *gzr = GZ.data() + r * Dp;
+            if (!P.shared_uw) {
+              const int64_t row = r0 + r;
+              math_t g_s, g_q;
+              planar_uhat_grads(s.k, h[r] * Ops::dot(gzr, s.w, Dp), g_wuh[r], &g_s, &g_q);
+              for (int64_t d = 0; d < Dp; d += Ops::V) {
+                const Vec g_uh = Vec(h[r]) * Vec::loadu(gzr + d), wv = Vec::loadu(s.w + d);
+                (g_uh + Vec(g_s) * wv).store(GU.data() + d);
+                (Vec(s.k.c) * g_uh + Vec(g_s) * Vec::loadu(s.u + d) + Vec(2 * g_q) * wv +
+                 Vec(g_a[r]) * Vec::loadu(zr + d)).store(GW.data() + d);
+              }
+              Ops::store(gup + (row * L + l) * D, GU.data(), D);
+              Ops::store(gwp + (row * L + l) * D, GW.data(), D);
+            }
+            if (P.shared_b) Ga[l] += g_a[r];
+            else gbp[(r0 + r) * L + l] = static_cast<scalar_t>(g_a[r]);
+            Ops::axpy(gzr, g_a[r], s.w, Dp);
+          }
         }
-        Ops::store(gzp + row * D, GZ.data(), D);
+        for (int64_t r = 0; r < rows; ++r) Ops::store(gzp + (r0 + r) * D, GZ.data() + r * Dp, D);
       }
     }
   });
