@@ -18,6 +18,7 @@
 // contiguous math-dtype copy when it is not one already (half inputs).
 // MSS pair weights (SPEC §10): pair (n, k) with o = (k - n - band_offset) mod K < len(band) takes
 // log weight band[o] instead of log_weights[k]; band pairs get no log_weights gradient.
+#include "autograd.h"
 #include "loops.h"
 #include "random.h"
 
@@ -25,9 +26,7 @@
 #include <dgmfast/rows.h>
 
 #include <ATen/Dispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -241,13 +240,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_bwd_cpu(
   return {gmu, glv, geps};
 }
 
-// ---- reparameterize: the Autograd kernel of eager calls ----
+// ---- reparameterize: the Autograd kernel of eager calls (autograd.h) ----
 //
-// Eager calls on the cpu and cuda backends record one C++ graph node (ReparameterizeNode) instead of a
-// Python torch.autograd.Function: at [256, 10] the Python forward and backward cost about as much as the two
-// kernels. It saves what the dgmfast::reparameterize_fwd custom op (dgmfast/ops/gaussian.py, the path of
-// traced graphs) saves, mu, logvar, the given eps and the seed, and its backward is the same call of
-// dgmfast_C::reparameterize_bwd. Both ops are called through the dispatcher, so one kernel serves every device.
+// Saves mu, logvar, the given eps and the seed, as _reparameterize_setup_context (dgmfast/ops/gaussian.py).
 using ReparameterizeFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                         const c10::optional<at::Tensor>&, int64_t);
 using ReparameterizeBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -258,9 +253,7 @@ struct ReparameterizeNode : public torch::autograd::Function<ReparameterizeNode>
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& mu,
                                                 const at::Tensor& lv, const c10::optional<at::Tensor>& eps,
                                                 int64_t seed) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("dgmfast_C::reparameterize_fwd", "")
-                               .typed<ReparameterizeFn>();
+    static const auto op = dgmfast_op<ReparameterizeFn>("reparameterize_fwd");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [z, kl, log_q] = op.call(mu, lv, eps, seed);
     ctx->save_for_backward({mu, lv, eps.value_or(at::Tensor())});
@@ -270,18 +263,9 @@ struct ReparameterizeNode : public torch::autograd::Function<ReparameterizeNode>
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("dgmfast_C::reparameterize_bwd", "")
-                               .typed<ReparameterizeBwdFn>();
+    static const auto op = dgmfast_op<ReparameterizeBwdFn>("reparameterize_bwd");
     const auto saved = ctx->get_saved_variables();
-    // as FusedOp's Python backward (dgmfast/ops/common.py): the fused backward records no graph
-    const auto needs_graph = [](const torch::autograd::variable_list& ts) {
-      return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return t.defined() && t.requires_grad(); });
-    };
-    TORCH_CHECK(!at::GradMode::is_enabled() || (!needs_graph(grads) && !needs_graph(saved)),
-                "dgmfast: dgmfast::reparameterize_fwd has no double backward (create_graph=True through it): its "
-                "backward is a fused kernel that records no graph; for higher-order gradients run the reference "
-                "backend (dgmfast.use_backend('torch'))");
+    check_first_order("reparameterize_fwd", grads, saved);
     const c10::optional<at::Tensor> eps = saved[2].defined() ? c10::optional<at::Tensor>(saved[2]) : c10::nullopt;
     auto [gmu, glv, geps] = op.call(saved[0], saved[1], eps, ctx->saved_data["seed"].toInt(), grads[0], grads[1],
                                     grads[2]);

@@ -6,6 +6,7 @@
 // inputs. planar_flows_bwd recomputes z_L = z_0 + sum_l u_hat_l tanh(a_l), then walks the steps backwards,
 // recovering z_l = z_{l+1} - u_hat_l tanh(a_l) on the way (no [B, L, D] state is ever stored). Shared
 // (per-step, not per-sample) u, w, b get their gradients from per-task sums reduced in task order.
+#include "autograd.h"
 #include "loops.h"
 
 #include <dgmfast/rows.h>
@@ -396,6 +397,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> planar_flows_bwd_cpu(
   return {gz, gu, gw, gb};
 }
 
+// ---- planar flows: the Autograd kernel of eager calls (autograd.h) ----
+//
+// Saves z, u, w, b and the pre-activations, as _planar_setup (dgmfast/ops/vaeflows.py); the pre-activations
+// output takes no gradient.
+using PlanarFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, const at::Tensor&);
+using PlanarBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&);
+
+struct PlanarNode : public torch::autograd::Function<PlanarNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z,
+                                                const at::Tensor& u, const at::Tensor& w, const at::Tensor& b) {
+    static const auto op = dgmfast_op<PlanarFn>("planar_flows_fwd");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, logdet, pre] = op.call(z, u, w, b);
+    ctx->save_for_backward({z, u, w, b, pre});
+    ctx->mark_non_differentiable({pre});
+    return {out, logdet, pre};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = dgmfast_op<PlanarBwdFn>("planar_flows_bwd");
+    const auto s = ctx->get_saved_variables();
+    check_first_order("planar_flows_fwd", grads, s);
+    auto [gz, gu, gw, gb] = op.call(s[0], s[1], s[2], s[3], s[4], grads[0], grads[1]);
+    return {gz, gu, gw, gb};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> planar_flows_fwd_autograd(const at::Tensor& z, const at::Tensor& u,
+                                                                         const at::Tensor& w, const at::Tensor& b) {
+  auto out = PlanarNode::apply(z, u, w, b);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -413,4 +451,8 @@ TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("iaf_step_bwd", &dgm::cpu::iaf_step_bwd_cpu);
   m.impl("planar_flows_fwd", &dgm::cpu::planar_flows_fwd_cpu);
   m.impl("planar_flows_bwd", &dgm::cpu::planar_flows_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
+  m.impl("planar_flows_fwd", &dgm::cpu::planar_flows_fwd_autograd);
 }

@@ -103,7 +103,9 @@ def _planar_bwd_triton(z, u, w, b, pre, gy, gld):
     return gz, gu, gw, gb
 
 
-@custom_op("dgmfast::planar_flows_fwd")
+# cpu/cuda eager calls record the C++ node of dgmfast_C::planar_flows_fwd (csrc/cpu/vaeflows.cpp), whose backward
+# is _planar_backward's call of dgmfast_C::planar_flows_bwd
+@custom_op("dgmfast::planar_flows_fwd", native_autograd=("cpu", "cuda"))
 def planar_flows_fwd(z: Tensor, u: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
         return _planar_fwd_triton(z, u, w, b)

@@ -1,0 +1,34 @@
+// C++ Autograd kernels of the dgmfast_C ops that eager calls reach directly (FusedOp's native_autograd,
+// dgmfast/ops/common.py): one C++ graph node per call instead of a Python torch.autograd.Function, whose
+// forward and backward cost tens of microseconds per step, as much as a small fused kernel. A node saves what
+// the op's Python setup_context saves and its backward makes the same dgmfast_C backward call, so the
+// dgmfast::<op> custom op (the path of traced graphs) and the eager path give identical results.
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <string>
+
+namespace dgm::cpu {
+
+// The typed handle of dgmfast_C::<name>, called through the dispatcher (so one node serves every device).
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> dgmfast_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow((std::string("dgmfast_C::") + name).c_str(), "").typed<Fn>();
+}
+
+// As FusedOp's Python backward: the fused backward kernels record no graph, so create_graph=True through a node
+// (grad mode on in its backward, with a tensor that needs a graph) is an error, not a silent zero second derivative.
+inline void check_first_order(const char* op, const torch::autograd::variable_list& grads,
+                              const torch::autograd::variable_list& saved) {
+  const auto needs_graph = [](const torch::autograd::variable_list& ts) {
+    return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return t.defined() && t.requires_grad(); });
+  };
+  TORCH_CHECK(!at::GradMode::is_enabled() || (!needs_graph(grads) && !needs_graph(saved)), "dgmfast: dgmfast::", op,
+              " has no double backward (create_graph=True through it): its backward is a fused kernel that records "
+              "no graph; for higher-order gradients run the reference backend (dgmfast.use_backend('torch'))");
+}
+
+}  // namespace dgm::cpu
