@@ -1,9 +1,9 @@
 """Shared pieces of the end-to-end training comparisons (train_flow.py, train_vae.py).
 
-The same model is trained twice from the same seed: once with every dgmfast op on the plain-PyTorch
-reference (`use_backend("torch")`) and once on the fastest dgmfast backend of the device. We record
-the loss per step, the median step time and the memory autograd keeps for backward (the activation
-memory that dominates a training step's peak; on CUDA also the allocator's peak).
+The same model is trained twice from the same seed, the two runs taking their steps in turn: once with every
+dgmfast op on the plain-PyTorch reference (`use_backend("torch")`) and once on the fastest dgmfast backend of the
+device. We record the loss per step, the median step time and the memory autograd keeps for backward (the
+activation memory that dominates a training step's peak; on CUDA also the allocator's peak per step).
 """
 import json
 import os
@@ -53,53 +53,96 @@ def fused_op_ms(prof, steps):
     return sum(e.cpu_time_total for e in prof.events() if fused(e) and outermost(e)) / 1e3 / steps
 
 
-def train_run(build, loss_fn, batches, *, steps, lr, backend, seed, device, dtype=torch.float32, init=None,
-              profile_steps=0, progress=None):
-    """Trains build() in `dtype` for `steps` Adam steps on batches(step) with every dgmfast op on `backend`.
+class _Run:
+    """One model training on one backend, a step at a time (train_runs interleaves several)."""
 
-    loss_fn(model, batch) -> scalar loss. init(model), if given, runs once under no_grad after the model is
-    moved to `device` and `dtype` (e.g. a data-dependent initialization on its own batch). Returns losses per
-    step, step times (ms), saved-for-backward bytes of one step and, on CUDA, the allocator's peak. On a CPU,
-    the last `profile_steps` steps run under torch.profiler (and are left out of the step time) to measure
-    the time spent inside dgmfast's ops (`fused_op_ms`).
-    """
-    torch.manual_seed(seed)
-    with dgmfast.use_backend(backend):
-        model = build().to(device=device, dtype=dtype)
-        if init is not None:
-            with torch.no_grad():
-                init(model)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        losses, times, saved = [], [], None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-        profiled = profile_steps if device.type == "cpu" else 0
-        for step in range(steps):
-            if step == steps - profiled:
-                prof.start()
-            batch = batches(step)
-            batch = batch.to(dtype) if batch.is_floating_point() else batch
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            if saved is None:
-                loss, saved = saved_bytes_of(lambda: loss_fn(model, batch))
-            else:
-                loss = loss_fn(model, batch)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
+    def __init__(self, build, loss_fn, *, lr, backend, seed, device, dtype, init):
+        self.backend, self.loss_fn, self.device, self.dtype = backend, loss_fn, device, dtype
+        torch.manual_seed(seed)
+        with dgmfast.use_backend(backend):
+            self.model = build().to(device=device, dtype=dtype)
+            if init is not None:
+                with torch.no_grad():
+                    init(self.model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.rng = self._rng_state()
+        self.losses, self.times, self.saved, self.cuda_peak = [], [], None, None
+
+    def _rng_state(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+
+    def step(self, batch):
+        """One optimizer step on batch with this run's backend and random state; records loss and time."""
+        torch.set_rng_state(self.rng[0])
+        if self.rng[1] is not None:
+            torch.cuda.set_rng_state(self.rng[1], self.device)
+        cuda = self.device.type == "cuda"
+        with dgmfast.use_backend(self.backend):
+            if cuda:
                 torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-            losses.append(loss.item())
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            self.opt.zero_grad(set_to_none=True)
+            if self.saved is None:
+                loss, self.saved = saved_bytes_of(lambda: self.loss_fn(self.model, batch))
+            else:
+                loss = self.loss_fn(self.model, batch)
+            loss.backward()
+            self.opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+                self.cuda_peak = max(self.cuda_peak or 0, torch.cuda.max_memory_allocated() - before)
+            self.times.append((time.perf_counter() - t0) * 1e3)
+        self.losses.append(loss.item())
+        self.rng = self._rng_state()
+
+
+def train_runs(build, loss_fn, batches, *, steps, lr, backends, seed, device, dtype=torch.float32, init=None,
+               profile_steps=0, progress=None):
+    """Trains build() in `dtype` for `steps` Adam steps on batches(step), once per backend in `backends` (every
+    dgmfast op on that backend), the runs taking their steps in turn.
+
+    Step s of every run comes before step s + 1 of any, and the runs alternate which goes first, so a slow phase
+    of a shared machine falls on all of them alike (as the op table's timing, benchmarks/harness.py). Each run
+    keeps its own random state (torch's generators, restored around its steps), so it draws the noise it would
+    draw alone. loss_fn(model, batch) -> scalar loss. init(model), if given, runs once under no_grad after the
+    model is moved to `device` and `dtype` (e.g. a data-dependent initialization on its own batch). On a CPU,
+    each run's last `profile_steps` steps run under torch.profiler, one run after the other and left out of the
+    step time, to measure the time spent inside dgmfast's ops (`fused_op_ms`). Returns per run: losses per step,
+    the median step time (ms), saved-for-backward bytes of one step and, on CUDA, the largest rise of the
+    allocator's peak over the memory held before a step (activations, gradients, temporaries).
+    """
+    runs = [_Run(build, loss_fn, lr=lr, backend=b, seed=seed, device=device, dtype=dtype, init=init)
+            for b in backends]
+    profiled = profile_steps if device.type == "cpu" else 0
+
+    def batch_of(step):
+        batch = batches(step)
+        return batch.to(dtype) if batch.is_floating_point() else batch
+
+    for step in range(steps - profiled):
+        batch = batch_of(step)
+        for run in (runs if step % 2 == 0 else runs[::-1]):
+            run.step(batch)
             if progress is not None:
                 progress.update(1)
-        if profiled:
-            prof.stop()
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    timed = times[1:steps - profiled] or times
-    return dict(backend=backend, model=model, losses=losses, step_ms=statistics.median(timed), saved_bytes=saved,
-                cuda_peak_bytes=peak, fused_op_ms=fused_op_ms(prof, profiled) if profiled else None)
+    profiles = []
+    for run in runs:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for step in range(steps - profiled, steps):
+                run.step(batch_of(step))
+                if progress is not None:
+                    progress.update(1)
+        profiles.append(fused_op_ms(prof, profiled) if profiled else None)
+    return [dict(backend=r.backend, model=r.model, losses=r.losses,
+                 step_ms=statistics.median(r.times[1:steps - profiled] or r.times), saved_bytes=r.saved,
+                 cuda_peak_bytes=r.cuda_peak, fused_op_ms=p) for r, p in zip(runs, profiles)]
+
+
+def train_run(build, loss_fn, batches, *, backend, **kwargs):
+    """train_runs of one backend: its result."""
+    return train_runs(build, loss_fn, batches, backends=(backend,), **kwargs)[0]
 
 
 def max_rel_diff(a, b, steps=100):
@@ -115,8 +158,8 @@ def agreement(build, loss_fn, batches, *, steps, lr, fused, seed, device, init=N
     +-lr on the sign of its rounding error, and the difference then grows with the training dynamics (the
     flow scripts avoid the worst case, see train_flow.init_actnorms). Float64 leaves the math as the only
     difference."""
-    runs = [train_run(build, loss_fn, batches, steps=min(steps, 100), lr=lr, backend=b, seed=seed, device=device,
-                      dtype=torch.float64, init=init, progress=progress) for b in ("torch", fused)]
+    runs = train_runs(build, loss_fn, batches, steps=min(steps, 100), lr=lr, backends=("torch", fused), seed=seed,
+                      device=device, dtype=torch.float64, init=init, progress=progress)
     return max_rel_diff(runs[0]["losses"], runs[1]["losses"])
 
 

@@ -20,7 +20,7 @@ import torch
 
 import dgmfast
 from benchmarks.train_common import (RESULTS, TABLE_NOTES, agreement, compare, fused_backend, plot_curves, print_table,
-                                     run_columns, train_run, write_json)
+                                     run_columns, train_runs, write_json)
 from dgmfast import functional as F
 
 N_BITS = 5
@@ -104,9 +104,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with tqdm(total=2 * (steps + min(steps, 100)) * len(configs), desc="train_flow", file=sys.stderr) as bar:
         for model_name, dequant in configs:
-            runs = [train_run(lambda: build(model_name, dequant), bits_per_dim, batches, steps=steps, lr=args.lr,
-                              backend=b, seed=args.seed, device=device, init=init, profile_steps=5, progress=bar)
-                    for b in ("torch", fused)]
+            runs = train_runs(lambda: build(model_name, dequant), bits_per_dim, batches, steps=steps, lr=args.lr,
+                              backends=("torch", fused), seed=args.seed, device=device, init=init, profile_steps=5,
+                              progress=bar)
             name = f"{model_name}-{dequant}"
             summary[name] = compare(runs)
             summary[name]["max_rel_loss_diff_float64"] = agreement(

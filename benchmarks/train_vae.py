@@ -22,7 +22,8 @@ from torch import nn
 import dgmfast
 import dgmfast.data
 from benchmarks.train_common import (RESULTS, TABLE_NOTES, agreement, compare, fused_backend, plot_curves, print_table,
-                                     run_columns, train_run, write_json)
+                                     run_columns, train_run, train_runs, write_json)
+from dgmfast.backends import forced_backend
 from dgmfast import functional as F
 
 LATENTS = 10
@@ -51,7 +52,8 @@ class ConvVAE(nn.Module):
 
 
 def vae_loss(kind, beta=4.0, lambda_od=10.0, stats=None):
-    """loss(model, x) for beta-VAE or DIP-VAE-I, plus the ELBO-surgery terms of the batch."""
+    """loss(model, x) for beta-VAE or DIP-VAE-I, plus the ELBO-surgery terms of the batch (into
+    stats[backend], a list per backend, if stats is a dict)."""
     def loss(model, x):
         mu, logvar = model.encode(x)
         z, kl, _ = F.reparameterize(mu, logvar)
@@ -60,8 +62,8 @@ def vae_loss(kind, beta=4.0, lambda_od=10.0, stats=None):
         if kind == "dip":
             total = total + F.dip_vae_penalty(mu, logvar, lambda_od=lambda_od, lambda_d=10 * lambda_od, variant="i")
         surgery = F.elbo_surgery(z, mu, logvar, dataset_size=DSPRITES_SIZE, estimator="mws")
-        if stats is not None:
-            stats.append(dict(recon=recon.mean().item(), kl=kl.mean().item(), mi=surgery.mi.item(),
+        if stats is not None:  # per backend (runs of two backends take turns, benchmarks/train_common.py)
+            stats.setdefault(forced_backend(), []).append(dict(recon=recon.mean().item(), kl=kl.mean().item(), mi=surgery.mi.item(),
                               marginal_kl=surgery.marginal_kl.item(), tc=surgery.tc.item()))
         return total
     return loss
@@ -117,18 +119,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with tqdm(total=2 * (steps + min(steps, 100)) * len(kinds), desc="train_vae", file=sys.stderr) as bar:
         for kind in kinds:
-            runs = []
-            for b in ("torch", fused):
-                stats = []
-                run = train_run(ConvVAE, vae_loss(kind, stats=stats), batches, steps=steps, lr=args.lr, backend=b,
-                                seed=args.seed, device=device, profile_steps=5, progress=bar)
-                run["stats"] = stats
-                runs.append(run)
+            stats = {}
+            runs = train_runs(ConvVAE, vae_loss(kind, stats=stats), batches, steps=steps, lr=args.lr,
+                              backends=("torch", fused), seed=args.seed, device=device, profile_steps=5, progress=bar)
             summary[kind] = compare(runs)
             summary[kind]["max_rel_loss_diff_float64"] = agreement(
                 ConvVAE, vae_loss(kind), batches, steps=steps, lr=args.lr, fused=fused, seed=args.seed, device=device,
                 progress=bar)
-            summary[kind].update({k: float(np.mean([s[k] for s in runs[1]["stats"][-10:]]))
+            summary[kind].update({k: float(np.mean([s[k] for s in stats[fused][-10:]]))
                                   for k in ("recon", "kl", "mi", "marginal_kl", "tc")})
             if args.metrics:
                 summary[kind]["metrics"], summary[kind]["metrics_line"] = run_metrics(runs[1]["model"], args.quick,
@@ -139,11 +137,11 @@ def main(argv=None):
     if args.sweep:
         settings = [("beta", dict(beta=b)) for b in (1.0, 4.0, 8.0)] + [("dip", dict(lambda_od=l)) for l in (1.0, 10.0)]
         for kind, kw in tqdm(settings, desc="sweep", file=sys.stderr):
-            stats = []
+            stats = {}
             run = train_run(ConvVAE, vae_loss(kind, stats=stats, **kw), batches, steps=steps, lr=args.lr,
                             backend=fused, seed=args.seed, device=device)
             key = f"{kind} " + " ".join(f"{k}={v:g}" for k, v in kw.items())
-            sweep[key] = {k: float(np.mean([s[k] for s in stats[-10:]])) for k in ("recon", "kl", "mi", "tc")}
+            sweep[key] = {k: float(np.mean([s[k] for s in stats[fused][-10:]])) for k in ("recon", "kl", "mi", "tc")}
             if args.metrics:
                 sweep[key]["metrics_line"] = run_metrics(run["model"], args.quick, device)[1]
     plot_path = os.path.join(args.out, f"train_vae-{device.type}.png")

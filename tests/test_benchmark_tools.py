@@ -10,7 +10,7 @@ import torch
 import dgmfast
 from benchmarks import train_flow
 from benchmarks.harness import all_cases, dgmfast_backends, run_case, time_steps_ms
-from benchmarks.train_common import fused_op_ms, max_rel_diff
+from benchmarks.train_common import fused_op_ms, max_rel_diff, train_run, train_runs
 from dgmfast import functional as F
 
 
@@ -52,6 +52,31 @@ def test_train_flow_runs_both_ways(tmp_path):
     assert s["max_rel_loss_diff_first_100"] < 1e-4
     assert s["max_rel_loss_diff_float64"] < 1e-10
     assert (tmp_path / "train_flow-cpu.json").exists() and (tmp_path / "train_flow-cpu.png").exists()
+
+
+def test_train_runs_interleave_and_keep_each_runs_random_state():
+    """Runs taking their steps in turn give the losses each gives alone: every run keeps its own random state
+    (here the noise drawn by reparameterize on every step), and the runs alternate which steps first."""
+    torch.manual_seed(123)
+    data = torch.randn(64, 8)
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Tanh(), torch.nn.Linear(6, 8))
+
+    def loss_fn(model, x):
+        mu, logvar = model(x).chunk(2, dim=1)
+        z, kl, _ = F.reparameterize(mu, logvar)
+        return z.square().mean() + kl.mean()
+
+    kw = dict(steps=7, lr=1e-2, seed=5, device=torch.device("cpu"), profile_steps=2)
+    batches = lambda step: data[step * 8:(step + 1) * 8]  # noqa: E731
+    together = train_runs(build, loss_fn, batches, backends=("torch", "cpu"), **kw)
+    for run in together:
+        alone = train_run(build, loss_fn, batches, backend=run["backend"], **kw)
+        assert run["losses"] == alone["losses"] and len(run["losses"]) == 7
+        assert run["saved_bytes"] == alone["saved_bytes"] > 0
+    assert together[1]["fused_op_ms"] > 0 and together[0]["fused_op_ms"] == 0
+    assert max_rel_diff(together[0]["losses"], together[1]["losses"]) < 1e-5
 
 
 def test_time_steps_ms_interleaves():
