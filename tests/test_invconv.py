@@ -78,6 +78,23 @@ def test_gradients_match_autograd_of_slogdet_and_inverse(lu):
             torch.testing.assert_close(g, g2)
 
 
+def test_dense_cache_has_no_double_backward():
+    """The dense layer's log-det and inverse come from a cached float64 factorization whose backward is a
+    constant: create_graph=True through them raises instead of giving a second derivative of 0. The LU
+    layer is plain autograd and differentiates twice."""
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    for reverse in (False, True):
+        layer = make_layer(4, lu=False)
+        y, ld = layer(x, reverse=reverse)
+        with pytest.raises(RuntimeError, match="InvConv1x1's cached .* has no double backward"):
+            torch.autograd.grad(ld.sum() + y.sum(), layer.weight, create_graph=True)
+        assert torch.autograd.grad(ld.sum() + y.sum(), layer.weight)[0].shape == (4, 4)  # first order works
+    lu_layer = make_layer(4, lu=True)
+    y, ld = lu_layer(x)
+    grads = torch.autograd.grad(ld.sum() + (y * y).sum(), list(lu_layer.parameters()), create_graph=True)
+    assert any(g.requires_grad for g in grads)
+
+
 def test_dense_cache_is_invalidated_by_an_optimizer_step():
     layer = make_layer(4, lu=False)
     perturb(layer)

@@ -3,6 +3,7 @@ F.linear); dgmfast's part is the log-determinant and the inverse without recompu
 import torch
 from torch import nn
 
+from dgmfast.ops.common import check_first_order
 from dgmfast.reference import invconv as ref
 from dgmfast.reference.common import acc_dtype
 
@@ -19,6 +20,7 @@ class _CachedLogAbsDet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inverse64,) = ctx.saved_tensors
+        check_first_order("InvConv1x1's cached log-determinant", ctx.needs_input_grad)  # the cache is constant
         return (grad.double() * inverse64.mT).to(ctx.dtype), None, None
 
 
@@ -34,6 +36,7 @@ class _CachedInverse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inverse64,) = ctx.saved_tensors
+        check_first_order("InvConv1x1's cached inverse", ctx.needs_input_grad)
         return (-(inverse64.mT @ grad.double() @ inverse64.mT)).to(ctx.dtype), None
 
 

@@ -76,10 +76,14 @@ def _eager_args(args) -> bool:
                                                      if isinstance(a, torch.Tensor))
 
 
-def no_double_backward_message(name: str) -> str:
-    return (f"dgmfast: {name} has no double backward (create_graph=True through it): its backward is a fused "
-            "kernel that records no graph; for higher-order gradients run the reference backend "
-            "(dgmfast.use_backend('torch'))")
+def check_first_order(name: str, needs_input_grad) -> None:
+    """Raises inside a backward run with create_graph=True (the engine enables grad mode in a backward only
+    then) when an input takes a gradient: dgmfast's backward passes record no graph, so a second derivative
+    through them would silently be 0."""
+    if torch.is_grad_enabled() and any(needs_input_grad):
+        raise RuntimeError(f"dgmfast: {name} has no double backward (create_graph=True through it): its backward "
+                           "is a fused kernel that records no graph; for higher-order gradients run the reference "
+                           "backend (dgmfast.use_backend('torch'))")
 
 
 class FusedOp:
@@ -106,11 +110,7 @@ class FusedOp:
         name = self.name
 
         def first_order_backward(ctx, *grads):
-            # the engine enables grad mode in a backward only for create_graph=True; the fused backward
-            # kernels record no graph, so a second derivative would silently be 0
-            if torch.is_grad_enabled() and any(isinstance(g, torch.Tensor) and g.requires_grad
-                                               for g in (*grads, *ctx.saved_tensors)):
-                raise RuntimeError(no_double_backward_message(name))
+            check_first_order(name, ctx.needs_input_grad)
             return backward(ctx, *grads)
 
         self.op.register_autograd(first_order_backward, setup_context=setup_context)

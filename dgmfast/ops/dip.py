@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import custom_op, row_contiguous, row_stride
+from dgmfast.ops.common import check_first_order, custom_op, row_contiguous, row_stride
 from dgmfast.reference.common import acc_dtype
 
 CUDA_REFUSAL = ("the cuda backend has no DIP-VAE kernel: the covariance is a skinny GEMM that the triton "
@@ -251,6 +251,7 @@ class GlobalDipPenalty(torch.autograd.Function):
         import torch.distributed as dist
 
         mu, logvar, offset, grad_cov = ctx.saved_tensors
+        check_first_order("dip_vae_penalty (process_group)", ctx.needs_input_grad)
         g = grad_penalty.detach().clone()
         dist.all_reduce(g, group=ctx.group)
         gmu, glv = dip_vae_penalty_bwd(mu, logvar, offset, grad_cov * (g / ctx.total), ctx.backend)
