@@ -8,7 +8,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <algorithm>
 #include <string>
 
 namespace dgm::cpu {
@@ -19,14 +18,13 @@ c10::TypedOperatorHandle<Fn> dgmfast_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow((std::string("dgmfast_C::") + name).c_str(), "").typed<Fn>();
 }
 
-// As FusedOp's Python backward: the fused backward kernels record no graph, so create_graph=True through a node
-// (grad mode on in its backward, with a tensor that needs a graph) is an error, not a silent zero second derivative.
-inline void check_first_order(const char* op, const torch::autograd::variable_list& grads,
-                              const torch::autograd::variable_list& saved) {
-  const auto needs_graph = [](const torch::autograd::variable_list& ts) {
-    return std::any_of(ts.begin(), ts.end(), [](const at::Tensor& t) { return t.defined() && t.requires_grad(); });
-  };
-  TORCH_CHECK(!at::GradMode::is_enabled() || (!needs_graph(grads) && !needs_graph(saved)), "dgmfast: dgmfast::", op,
+// As FusedOp's Python backward (check_first_order in dgmfast/ops/common.py): the fused backward kernels record
+// no graph, so create_graph=True through a node (grad mode on in its backward) while one of its `inputs` takes a
+// gradient is an error, not a silent zero second derivative.
+inline void check_first_order(const char* op, torch::autograd::AutogradContext* ctx, size_t inputs) {
+  bool needs_grad = false;
+  for (size_t i = 0; i < inputs; ++i) needs_grad = needs_grad || ctx->needs_input_grad(i);
+  TORCH_CHECK(!at::GradMode::is_enabled() || !needs_grad, "dgmfast: dgmfast::", op,
               " has no double backward (create_graph=True through it): its backward is a fused kernel that records "
               "no graph; for higher-order gradients run the reference backend (dgmfast.use_backend('torch'))");
 }

@@ -422,7 +422,7 @@ struct PlanarNode : public torch::autograd::Function<PlanarNode> {
                                                  torch::autograd::variable_list grads) {
     static const auto op = dgmfast_op<PlanarBwdFn>("planar_flows_bwd");
     const auto s = ctx->get_saved_variables();
-    check_first_order("planar_flows_fwd", grads, s);
+    check_first_order("planar_flows_fwd", ctx, 4);
     auto [gz, gu, gw, gb] = op.call(s[0], s[1], s[2], s[3], s[4], grads[0], grads[1]);
     return {gz, gu, gw, gb};
   }
