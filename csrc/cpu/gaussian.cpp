@@ -7,7 +7,8 @@
 // weight -inf; rows Ks = Kp + one vector apart, so walks over d do not alias in the cache), so the kernels vectorize over components and never touch an [N, K, D] tensor.
 //   forward   parallel over tiles of kRows rows; per K tile of kKTile lanes the logits go to a
 //             [kRows, kKTile] buffer and update a running (max, sum) per row: an online logsumexp.
-//             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term).
+//             per_dim: per (n, d), a max pass and a sum pass over K (one exp per term, inline: exp_inline
+//             measured 9-10% faster than Sleef's call on the per_dim passes, no faster on the joint ones).
 //   backward  one fused pass: the row tiles are split into one contiguous slot per thread; per (K tile, row tile)
 //             block it recomputes the logits once (as the forward), forms r = g * exp(logit - out) with the saved
 //             output, then per d, with diff = z - m: g_z[n, d] = -sum_k r diff p (the slot owns its rows), and into
@@ -472,7 +473,7 @@ void mixture_fwd_per_dim(const MixtureTables<math_t>& t, const math_t* z, int64_
           continue;
         }
         Vec s(0);
-        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) s = s + (term(kb) - Vec(mx)).exp();
+        for (int64_t kb = 0; kb < Kp; kb += Vec::size()) s = s + exp_inline(term(kb) - Vec(mx));
         out[n * D + d] = mx + std::log(hsum(s));
       }
       band.set(n, 1, false);
@@ -634,7 +635,7 @@ void mixture_bwd_per_dim_slot(const MixtureTables<math_t>& t, const math_t* z, c
         for (int64_t r = 0; r < kRows; ++r) {
           const Vec zv(zt[r * D + d]), nd = m - zv;
           const Vec v = b + Vec::loadu(band.delta.data() + r * Kp + kb) - half * gaussian_quad_acc(zv, m, p, Vec(0));
-          const Vec resp = Vec(ge[r]) * (v - Vec(oe[r])).exp(), r_nd = resp * nd;
+          const Vec resp = Vec(ge[r]) * exp_inline(v - Vec(oe[r])), r_nd = resp * nd;
           a1 = a1 - r_nd;
           a2 = at::vec::fmadd(r_nd, nd, a2);
           a3 = a3 + resp;
