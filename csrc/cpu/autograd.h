@@ -19,12 +19,14 @@ c10::TypedOperatorHandle<Fn> dgmfast_op(const char* name) {
 }
 
 // As FusedOp's Python backward (check_first_order in dgmfast/ops/common.py): the fused backward kernels record
-// no graph, so create_graph=True through a node (grad mode on in its backward) while one of its `inputs` takes a
-// gradient is an error, not a silent zero second derivative.
+// no graph, so create_graph=True through a node (grad mode on in its backward) while one of its `inputs` (its
+// tensor inputs that were given: an absent optional tensor has no edge) takes a gradient is an error, not a
+// silent zero second derivative.
 inline void check_first_order(const char* op, torch::autograd::AutogradContext* ctx, size_t inputs) {
+  if (!at::GradMode::is_enabled()) return;
   bool needs_grad = false;
   for (size_t i = 0; i < inputs; ++i) needs_grad = needs_grad || ctx->needs_input_grad(i);
-  TORCH_CHECK(!at::GradMode::is_enabled() || !needs_grad, "dgmfast: dgmfast::", op,
+  TORCH_CHECK(!needs_grad, "dgmfast: dgmfast::", op,
               " has no double backward (create_graph=True through it): its backward is a fused kernel that records "
               "no graph; for higher-order gradients run the reference backend (dgmfast.use_backend('torch'))");
 }

@@ -266,7 +266,7 @@ struct ReparameterizeNode : public torch::autograd::Function<ReparameterizeNode>
                                                  torch::autograd::variable_list grads) {
     static const auto op = dgmfast_op<ReparameterizeBwdFn>("reparameterize_bwd");
     const auto saved = ctx->get_saved_variables();
-    check_first_order("reparameterize_fwd", ctx, 3);
+    check_first_order("reparameterize_fwd", ctx, saved[2].defined() ? 3 : 2);  // eps given or not
     const c10::optional<at::Tensor> eps = saved[2].defined() ? c10::optional<at::Tensor>(saved[2]) : c10::nullopt;
     auto [gmu, glv, geps] = op.call(saved[0], saved[1], eps, ctx->saved_data["seed"].toInt(), grads[0], grads[1],
                                     grads[2]);
