@@ -127,14 +127,14 @@ def train_runs(build, loss_fn, batches, *, steps, lr, backends, seed, device, dt
             run.step(batch)
             if progress is not None:
                 progress.update(1)
-    profiles = []
-    for run in runs:
+    profiles = [None] * len(runs)
+    for i, run in enumerate(runs if profiled else ()):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for step in range(steps - profiled, steps):
                 run.step(batch_of(step))
                 if progress is not None:
                     progress.update(1)
-        profiles.append(fused_op_ms(prof, profiled) if profiled else None)
+        profiles[i] = fused_op_ms(prof, profiled)
     return [dict(backend=r.backend, model=r.model, losses=r.losses,
                  step_ms=statistics.median(r.times[1:steps - profiled] or r.times), saved_bytes=r.saved,
                  cuda_peak_bytes=r.cuda_peak, fused_op_ms=p) for r, p in zip(runs, profiles)]

@@ -292,52 +292,6 @@ def test_dispatch_env_context_and_refusals(monkeypatch):
         dgmfast.select_backend("affine_coupling", torch.device("cpu"))
 
 
-def test_eager_fast_path_equals_the_custom_op(monkeypatch):
-    """FusedOp: eager calls run the implementation directly (no torch.library dispatch) with the same
-    autograd formula as the registered custom op; traced calls (fake tensors) go to the custom op."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from dgmfast.ops import coupling as ops
-    if not dgmfast.has_extension():  # loads dgmfast._C, whose ops the "cpu" backend calls
-        pytest.skip("needs the compiled extension dgmfast._C")
-
-    x, r, t = (torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(i)) for i in range(3))
-    args = (1, 1.0, 0.0, False, False, "cpu")  # exp scale, clamp, eps, scale-then-shift, forward, backend
-    results = []
-    for fn in (ops.affine_coupling_fwd, ops.affine_coupling_fwd.op):
-        xs = [a.clone().requires_grad_() for a in (x, r, t)]
-        y, ld = fn(*xs, *args)
-        ((y * y).sum() + ld.sum()).backward()
-        results.append([y, ld] + [a.grad for a in xs])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-    calls = []
-    monkeypatch.setattr(ops.affine_coupling_fwd, "_impl", lambda *a: calls.append(a) or (a[0] * 1, a[0][:, 0, 0] * 1))
-    ops.affine_coupling_fwd(x, r, t, *args)
-    assert len(calls) == 1  # eager: the implementation, directly
-    with FakeTensorMode() as mode:
-        fx, fr, ft = (mode.from_tensor(a) for a in (x, r, t))
-        y, ld = ops.affine_coupling_fwd(fx, fr, ft, *args)
-    assert len(calls) == 1 and y.shape == x.shape and ld.shape == (3,)  # traced: the custom op and its fake
-
-
-def test_double_backward_is_a_clear_error():
-    """The fused backward kernels record no graph: create_graph=True through an op raises (eager and custom op
-    paths) instead of giving second derivatives of 0; first-order gradients are unaffected."""
-    from dgmfast.ops import coupling as ops
-    if not dgmfast.has_extension():  # loads dgmfast._C, whose ops the "cpu" backend calls
-        pytest.skip("needs the compiled extension dgmfast._C")
-
-    x, r, t = (torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(i)).requires_grad_() for i in range(3))
-    args = (1, 1.0, 0.0, False, False, "cpu")
-    for fn in (ops.affine_coupling_fwd, ops.affine_coupling_fwd.op):
-        y, ld = fn(x, r, t, *args)
-        with pytest.raises(RuntimeError, match="affine_coupling_fwd has no double backward"):
-            torch.autograd.grad((y * y).sum(), x, create_graph=True)
-        y, ld = fn(x, r, t, *args)
-        assert torch.autograd.grad((y * y).sum(), x)[0].shape == x.shape
-
-
 def test_info_runs():
     out = subprocess.run([sys.executable, "-m", "dgmfast.info"], capture_output=True, text=True, check=True).stdout
     assert "affine_coupling" in out and "extension dgmfast._C" in out

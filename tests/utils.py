@@ -17,6 +17,13 @@ def backend_cases():
     return cases
 
 
+# Tests that call the "cpu" backend's ops (dgmfast_C) directly, not through a functional; evaluating the mark loads
+# the extension.
+needs_extension = pytest.mark.skipif(not dgmfast.has_extension(),
+                                     reason="calls the cpu backend's C++ ops directly; this build has no compiled "
+                                            "extension dgmfast._C (DGMFAST_SKIP_EXT=1 or a failed build)")
+
+
 @contextlib.contextmanager
 def backend(name):
     with dgmfast.use_backend(name):

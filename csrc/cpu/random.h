@@ -123,7 +123,7 @@ inline int64_t philox_simd(uint64_t g0, int64_t G, uint32_t stream, uint64_t see
 
 // Elements per noise buffer in the kernels (a multiple of every Vectorized<float> width).
 constexpr int64_t kNoiseBlock = 256;
-constexpr int64_t kGroups = 64;  // Philox counters per words block of the normal fill
+constexpr int64_t kGroups = 64;  // Philox counters per words block of the normal fill and the uniform tail
 
 // The words of counters g0 .. g0+G-1 into w0..w3[0..G): philox_words_block, SIMD where built (a last,
 // partial step runs as a whole step into a buffer, so small blocks stay off the scalar path).
@@ -168,27 +168,22 @@ inline int64_t philox_uniform_vecs(uint64_t g0, int64_t G, uint32_t stream, uint
 }
 #endif
 
-// out[j] = philox_uniform(4 g0 + j) for j < 4G (a last, partial step as in philox_words).
+// out[j] = philox_uniform(4 g0 + j) for j < 4G: whole SIMD steps straight to uniforms, the rest (a last,
+// partial step, or everything in portable builds) from philox_words.
 inline void philox_uniform_groups(uint64_t g0, int64_t G, uint32_t stream, uint64_t seed, float* out) {
   int64_t done = 0;
 #ifdef DGM_PHILOX_SIMD
-  const auto store_into = [](float* o) {
-    return [o](int64_t e, const auto& u0, const auto& u1) {
-      u0.store(o + e);
-      u1.store(o + e + u0.size());
-    };
-  };
-  done = philox_uniform_vecs(g0, G, stream, seed, store_into(out));
-  if (done < G) {
-    alignas(64) float tail[4 * kPhiloxStep];
-    philox_uniform_vecs(g0 + done, kPhiloxStep, stream, seed, store_into(tail));
-    std::copy(tail, tail + 4 * (G - done), out + 4 * done);
-    done = G;
-  }
+  done = philox_uniform_vecs(g0, G, stream, seed, [&](int64_t e, const auto& u0, const auto& u1) {
+    u0.store(out + e);
+    u1.store(out + e + u0.size());
+  });
 #endif
-  for (int64_t g = done; g < G; ++g) {
-    const Philox4 r = philox4x32_10(g0 + g, stream, seed);
-    for (int k = 0; k < 4; ++k) out[4 * g + k] = uniform_from_bits(r.x[k]);
+  alignas(64) uint32_t w[4][kGroups];
+  for (int64_t g = done; g < G; g += kGroups) {
+    const int64_t n = std::min<int64_t>(kGroups, G - g);
+    philox_words(g0 + g, n, stream, seed, w[0], w[1], w[2], w[3]);
+    for (int64_t i = 0; i < n; ++i)
+      for (int k = 0; k < 4; ++k) out[4 * (g + i) + k] = uniform_from_bits(w[k][i]);
   }
 }
 
