@@ -11,6 +11,7 @@ from dgmfast.ops import coupling as _coupling
 from dgmfast.ops import dequant as _dequant
 from dgmfast.ops import dip as _dip
 from dgmfast.ops import gaussian as _gaussian
+from dgmfast.ops import invconv as _invconv
 from dgmfast.ops import mixlogistic as _mixlogistic
 from dgmfast.ops import vaeflows as _vaeflows
 from dgmfast.ops.common import (FLOAT_DTYPES, check_choice, check_like, check_tensor, draw_seed, philox_normal,
@@ -21,7 +22,7 @@ from dgmfast.reference.dequant import MODES
 from dgmfast.reference.dip import VARIANTS
 from dgmfast.reference.gaussian import ESTIMATORS, LOG_2PI, ElboSurgery, elbo_surgery_from_terms
 
-__all__ = ["affine_coupling", "actnorm", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
+__all__ = ["affine_coupling", "actnorm", "invconv_lu", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
            "bits_per_dim", "reparameterize", "gaussian_mixture_log_prob", "elbo_surgery", "ElboSurgery",
            "mixlogistic_coupling", "dip_vae_penalty", "planar_flows", "iaf_step"]
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -368,6 +369,53 @@ def actnorm(x, loc, log_scale, *, reverse=False):
     if backend == "torch":
         return reference.actnorm.actnorm(x, loc, log_scale, reverse=reverse)
     return _actnorm.actnorm_fwd(x, loc, log_scale, bool(reverse), backend)
+
+
+def invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, *, reverse=False):
+    """Invertible 1x1 convolution in Glow's LU form, SPEC §4: ``(y, logdet)``.
+
+    ``y[b, :, ...] = W x[b, :, ...]`` over dim 1 with ``W = perm @ L @ (U + diag(sign_s * exp(log_abs_s)))``,
+    L the unit lower triangle of ``lower`` and U the strict upper triangle of ``upper`` (their other entries
+    are ignored); ``logdet[b] = S * sum(log_abs_s)`` with S the product of the dims after 1. ``reverse=True``
+    applies ``W^-1`` (triangular solves in float64, no determinant or inverse of W) with logdet negated.
+    Gradients flow to x, lower, upper and log_abs_s (perm and sign_s are fixed). On the cpu backend W is
+    assembled inside the op and the layer is one C++ graph node.
+
+    Args:
+        x: ``[B, C, ...]`` float16/bfloat16/float32/float64; any batch/channel strides are read in place.
+        perm: ``[C, C]`` permutation matrix. lower, upper: ``[C, C]``. sign_s, log_abs_s: ``[C]``.
+            The parameters are in x's accumulation dtype (float32, float64 for float64 x), on x's device.
+    Returns:
+        ``(y, logdet)``: y contiguous, x's shape and dtype; logdet ``[B]`` float32 (float64 for float64 x).
+
+    Example::
+
+        layer = dgmfast.nn.InvConv1x1(8)                        # lu=True: its forward calls this op
+        y, logdet = dgmfast.functional.invconv_lu(x, layer.perm, layer.lower, layer.upper, layer.sign_s,
+                                                  layer.log_abs_s)
+    """
+    check_tensor("x", x, min_dim=2)
+    c = x.shape[1]
+    acc = acc_dtype(x.dtype)
+    for name, t, shape in (("perm", perm, (c, c)), ("lower", lower, (c, c)), ("upper", upper, (c, c)),
+                           ("sign_s", sign_s, (c,)), ("log_abs_s", log_abs_s, (c,))):
+        check_tensor(name, t, min_dim=0)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (C = x.shape[1]), got {tuple(t.shape)}")
+        if t.dtype != acc:
+            raise TypeError(f"{name} must have dtype {acc} (the accumulation dtype of x's {x.dtype}), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on device {x.device} (as x), got {t.device}")
+    return invconv_lu_unchecked(x, perm, lower, upper, sign_s, log_abs_s, reverse)
+
+
+def invconv_lu_unchecked(x, perm, lower, upper, sign_s, log_abs_s, reverse):
+    """:func:`invconv_lu` without validation, for callers whose parameters are valid by construction
+    (dgmfast.nn.InvConv1x1: its own [C, C] / [C] parameters, cast to x's accumulation dtype and on x's device)."""
+    backend = select_backend("invconv_lu", x.device, x.dtype)
+    if backend == "torch":
+        return reference.invconv.invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, reverse=reverse)
+    return _invconv.invconv_lu_fwd(x, perm, lower, upper, sign_s, log_abs_s, bool(reverse), backend)
 
 
 # ---- Gaussian posterior, mixture log-density, ELBO surgery (SPEC §7, §9, §10) ---------------------

@@ -1,8 +1,10 @@
-"""Invertible 1x1 convolution (Glow), SPEC §4. The channel mixing is cuBLAS/oneDNN's (F.conv2d /
-F.linear); dgmfast's part is the log-determinant and the inverse without recomputing a determinant."""
+"""Invertible 1x1 convolution (Glow), SPEC §4. The LU form runs the fused op dgmfast.functional.invconv_lu
+(W assembled, mixed in and differentiated inside one op); the dense form mixes with oneDNN/cuBLAS (F.conv2d /
+F.linear) and caches its float64 log-determinant and inverse per weight version."""
 import torch
 from torch import nn
 
+from dgmfast import functional as F
 from dgmfast.ops.common import check_first_order
 from dgmfast.reference import invconv as ref
 from dgmfast.reference.common import acc_dtype
@@ -47,7 +49,8 @@ class InvConv1x1(nn.Module):
 
     ``lu=True`` (Glow's LU form): ``W = P L (U + diag(sign * exp(log_abs_s)))`` with P a fixed permutation,
     L unit lower and U strictly upper triangular; ``log|det W| = sum(log_abs_s)``, no determinant is ever
-    computed, and reverse applies ``W^-1`` from two triangular solves in float64.
+    computed, and reverse applies ``W^-1`` from two triangular solves in float64. The layer is one call of
+    :func:`dgmfast.functional.invconv_lu` (the parameters cast to x's accumulation dtype).
     ``lu=False``: a dense ``weight``; ``log|det W|`` and ``W^-1`` come from one LU factorization in float64
     on the weight's device, cached per weight version (``weight._version`` and storage), so they are
     recomputed only after the weight changes (e.g. an optimizer step). Gradients flow through both.
@@ -121,5 +124,13 @@ class InvConv1x1(nn.Module):
     def forward(self, x, reverse=False):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"x must be [B, {self.num_channels}, ...], got shape {tuple(x.shape)}")
+        if self.lu:
+            params = self._lu_params()
+            if params[0].device != x.device:
+                raise ValueError(f"x must be on the layer's device {params[0].device}, got {x.device}")
+            acc = acc_dtype(x.dtype)
+            if any(p.dtype != acc for p in params):
+                params = [p.to(acc) for p in params]
+            return F.invconv_lu_unchecked(x, *params, reverse)
         weight = self.inverse_matrix() if reverse else self.weight_matrix()
         return ref.channel_matmul(x, weight.to(x.dtype)), ref.invconv_logdet(x, self.log_abs_det(), reverse)

@@ -1,5 +1,6 @@
-"""Invertible 1x1 convolution (SPEC §4), plain PyTorch. There is no fused op: the channel mixing is
-cuBLAS/oneDNN's (F.conv2d / F.linear / matmul); these functions are what dgmfast.nn.InvConv1x1 runs."""
+"""Invertible 1x1 convolution (SPEC §4), plain PyTorch: the reference of the fused LU-form op
+(dgmfast/ops/invconv.py, :func:`invconv_lu`) and what dgmfast.nn.InvConv1x1 runs for the dense form. The
+channel mixing is oneDNN/cuBLAS's (F.conv2d / F.linear / matmul)."""
 import math
 
 import torch
@@ -32,7 +33,7 @@ def channel_matmul(x, weight):
         return F.conv2d(x, weight[:, :, None, None])
     if x.dim() == 2:
         return F.linear(x, weight)
-    return torch.matmul(weight, x.reshape(x.shape[0], x.shape[1], -1)).view(x.shape)
+    return torch.matmul(weight, x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))).view(x.shape)
 
 
 def invconv_logdet(x, log_abs_det, reverse=False):
@@ -42,3 +43,12 @@ def invconv_logdet(x, log_abs_det, reverse=False):
     ld = log_abs_det.to(acc_dtype(x.dtype)) * (-plane if reverse else plane)
     return ld.expand(x.shape[0]).contiguous()
 
+
+
+def invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, reverse=False):
+    """(y, logdet) of the LU-form 1x1 conv on x [B, C, ...]: y = W x (W^-1 x in reverse) over dim 1, W from
+    :func:`lu_weight` (:func:`lu_inverse`) cast to x's dtype; logdet = S * sum(log_abs_s) (negated in reverse)."""
+    params = (perm, lower, upper, sign_s, log_abs_s)
+    weight = lu_inverse(*params) if reverse else lu_weight(*params)
+    log_abs_det = log_abs_s.sum(dtype=acc_dtype(log_abs_s.dtype))
+    return channel_matmul(x, weight.to(x.dtype)), invconv_logdet(x, log_abs_det, reverse)
