@@ -1,10 +1,13 @@
 """The eager autograd paths (dgmfast/ops/common.py FusedOp, csrc/cpu/autograd.h): eager calls reach the kernels
 without torch.library's dispatch and give the custom op's results bit for bit, on a Python autograd.Function or,
-for reparameterize and planar_flows, a C++ graph node; create_graph=True through a fused backward raises."""
+on the cpu backend of the ops with a C++ Autograd kernel, a C++ graph node; create_graph=True through a fused
+backward raises."""
 import pytest
 import torch
 
 from tests.test_gaussian import posterior
+from tests.test_invconv import lu_inputs
+from tests.test_mixlogistic import make_inputs as mixlogistic_inputs
 from tests.test_vaeflows import make_planar
 from tests.utils import needs_extension
 
@@ -99,5 +102,49 @@ def test_planar_cpu_eager_records_the_cpp_node(shared):
         with pytest.raises(RuntimeError, match="planar_flows_fwd has no double backward"):
             y, ld, _ = fn(*xs, "cpu")
             torch.autograd.grad(ld.sum(), xs[0], create_graph=True)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def _node_cases():
+    """(name, FusedOp, tensor inputs, the indices that take a gradient, trailing args) of the ops whose eager cpu calls
+    record a C++ node, in every direction and order their backward treats differently."""
+    from dgmfast.ops import actnorm, coupling, invconv, mixlogistic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 5, 3, generator=g)
+    an = [x, 0.1 * torch.randn(4, generator=g), 0.1 * torch.randn(4, generator=g)]
+    cp = [x, torch.randn(6, 4, 5, 3, generator=g), torch.randn(6, 4, 5, 3, generator=g)]
+    mx = mixlogistic_inputs((6, 4, 5), 3, seed=1)
+    lx, lp = lu_inputs((6, 4, 5, 3), seed=2)
+    cases = []
+    for reverse in (False, True):
+        cases.append(("ActnormNode", actnorm.actnorm_fwd, an, (0, 1, 2), (reverse, "cpu")))
+        cases.append(("InvconvLUNode", invconv.invconv_lu_fwd, [lx, *lp], (0, 2, 3, 5), (reverse, "cpu")))
+        for order in (False, True):
+            cases.append(("AffineCouplingNode", coupling.affine_coupling_fwd, cp, (0, 1, 2),
+                          (2, 1.0, 1e-6, order, reverse, "cpu")))  # sigmoid scale
+            cases.append(("MixLogisticNode", mixlogistic.mixlogistic_coupling_fwd, mx, range(6),
+                          (1, 2.0, -7.0, order, reverse, "cpu")))  # tanh scale
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_node_cases())))
+@needs_extension
+def test_cpu_eager_calls_record_the_cpp_node(case):
+    """actnorm, affine and mixture-of-logistics coupling and the LU 1x1 conv: eager cpu calls record the op's C++
+    node; outputs and gradients equal the custom op's (Python autograd) bit for bit; second derivatives raise."""
+    node, op, inputs, grad_idx, args = _node_cases()[case]
+    results = []
+    for fn in (op, op.op):
+        xs = [a.clone().requires_grad_(i in grad_idx) for i, a in enumerate(inputs)]
+        y, ld = fn(*xs, *args)
+        assert (node in y.grad_fn.name()) == (fn is op)
+        w = torch.linspace(-1, 1, y.numel()).view_as(y)
+        ((y * w).sum() + (0.5 * ld).sum()).backward()
+        results.append([y, ld] + [xs[i].grad for i in grad_idx])
+        y, ld = fn(*xs, *args)
+        with pytest.raises(RuntimeError, match="has no double backward"):
+            torch.autograd.grad((y * y).sum() + ld.sum(), xs[0], create_graph=True)
     for a, b in zip(*results):
         assert torch.equal(a, b)

@@ -1,6 +1,7 @@
 // ActNorm (SPEC §3), C++ CPU kernels: one vectorized pass per direction, and one fused backward
 // pass that writes grad_x and per-task channel sums, reduced in a fixed order (deterministic for any
 // thread count). Per-channel math: csrc/include/dgmfast/actnorm.h. Schemas are declared here.
+#include "autograd.h"
 #include "loops.h"
 
 #include <dgmfast/actnorm.h>
@@ -202,6 +203,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_bwd_cpu(const at::Tensor&
   return {gx, g_loc, g_log_scale};
 }
 
+// ---- the Autograd kernel of eager calls (autograd.h) ----
+//
+// Saves x, loc and log_scale, as _setup_context (dgmfast/ops/actnorm.py).
+using ActnormFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
+using ActnormBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&, bool);
+
+struct ActnormNode : public torch::autograd::Function<ActnormNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& loc, const at::Tensor& log_scale, bool reverse) {
+    static const auto op = dgmfast_op<ActnormFn>("actnorm_fwd");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, logdet] = op.call(x, loc, log_scale, reverse);
+    ctx->save_for_backward({x, loc, log_scale});
+    ctx->saved_data["reverse"] = reverse;
+    return {y, logdet};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = dgmfast_op<ActnormBwdFn>("actnorm_bwd");
+    const auto s = ctx->get_saved_variables();
+    check_first_order("actnorm_fwd", ctx, 3);
+    auto [gx, g_loc, g_log_scale] = op.call(s[0], s[1], s[2], grads[0], grads[1], ctx->saved_data["reverse"].toBool());
+    return {gx, g_loc, g_log_scale, at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> actnorm_fwd_autograd(const at::Tensor& x, const at::Tensor& loc,
+                                                        const at::Tensor& log_scale, bool reverse) {
+  auto out = ActnormNode::apply(x, loc, log_scale, reverse);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -214,4 +250,8 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("actnorm_fwd", &dgm::cpu::actnorm_fwd_cpu);
   m.impl("actnorm_bwd", &dgm::cpu::actnorm_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
+  m.impl("actnorm_fwd", &dgm::cpu::actnorm_fwd_autograd);
 }

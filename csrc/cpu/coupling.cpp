@@ -1,6 +1,7 @@
 // Affine coupling (SPEC §1), C++ CPU kernels: one vectorized pass per direction.
 // Schemas of the family are declared here (the CPU file is always built); the CUDA file
 // registers its implementations of the same schemas.
+#include "autograd.h"
 #include "loops.h"
 
 #include <dgmfast/coupling.h>
@@ -139,6 +140,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_coupling_bwd_cpu(
   return {gx, gr, gt};
 }
 
+// ---- the Autograd kernel of eager calls (autograd.h) ----
+//
+// Saves x, log_scale and shift, as _setup_context (dgmfast/ops/coupling.py); in the forward direction grad_shift is
+// grad_x (shift_first) or grad_y itself.
+using CouplingFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                      double, double, bool, bool);
+using CouplingBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     const at::Tensor&, const at::Tensor&,
+                                                                     const at::Tensor&, int64_t, double, double, bool,
+                                                                     bool);
+
+struct AffineCouplingNode : public torch::autograd::Function<AffineCouplingNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& r, const at::Tensor& t, int64_t scale_map,
+                                                double clamp, double eps, bool shift_first, bool reverse) {
+    static const auto op = dgmfast_op<CouplingFn>("affine_coupling_fwd");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, logdet] = op.call(x, r, t, scale_map, clamp, eps, shift_first, reverse);
+    ctx->save_for_backward({x, r, t});
+    ctx->saved_data["scale_map"] = scale_map;
+    ctx->saved_data["clamp"] = clamp;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["shift_first"] = shift_first;
+    ctx->saved_data["reverse"] = reverse;
+    return {y, logdet};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = dgmfast_op<CouplingBwdFn>("affine_coupling_bwd");
+    const auto s = ctx->get_saved_variables();
+    check_first_order("affine_coupling_fwd", ctx, 3);
+    auto& d = ctx->saved_data;
+    const bool shift_first = d["shift_first"].toBool(), reverse = d["reverse"].toBool();
+    auto [gx, gr, gt] = op.call(s[0], s[1], s[2], grads[0], grads[1], d["scale_map"].toInt(), d["clamp"].toDouble(),
+                                d["eps"].toDouble(), shift_first, reverse);
+    if (!reverse) gt = shift_first ? gx : grads[0];
+    return {gx, gr, gt, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_autograd(const at::Tensor& x, const at::Tensor& r,
+                                                                const at::Tensor& t, int64_t scale_map, double clamp,
+                                                                double eps, bool shift_first, bool reverse) {
+  auto out = AffineCouplingNode::apply(x, r, t, scale_map, clamp, eps, shift_first, reverse);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -152,4 +201,8 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("affine_coupling_fwd", &dgm::cpu::affine_coupling_fwd_cpu);
   m.impl("affine_coupling_bwd", &dgm::cpu::affine_coupling_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
+  m.impl("affine_coupling_fwd", &dgm::cpu::affine_coupling_fwd_autograd);
 }

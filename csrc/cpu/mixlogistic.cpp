@@ -5,6 +5,7 @@
 // vectorized across elements. The backward computes the K components (MixLinTerm) once per block for both
 // of its passes and writes the parameter gradients with non-temporal stores.
 // Schemas of the family are declared here; csrc/cuda/mixlogistic.cu registers the CUDA implementations.
+#include "autograd.h"
 #include "loops.h"
 
 #include <dgmfast/mixlogistic.h>
@@ -279,6 +280,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {g_in, gpar[0], gpar[1], gpar[2], g_r, g_t};
 }
 
+// ---- the Autograd kernel of eager calls (autograd.h) ----
+//
+// Saves the point in data space (the forward's input, the reverse's output) and the five parameter tensors, as
+// _setup_context (dgmfast/ops/mixlogistic.py); in the forward "scale_shift" order grad_shift is grad_out itself.
+using MixFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                 double, double, bool, bool);
+using MixBwdFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, int64_t, double, double, bool, bool);
+
+struct MixLogisticNode : public torch::autograd::Function<MixLogisticNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& logits, const at::Tensor& means,
+                                                const at::Tensor& log_scales, const at::Tensor& log_scale,
+                                                const at::Tensor& shift, int64_t scale_map, double clamp,
+                                                double min_log_scale, bool shift_scale, bool reverse) {
+    static const auto op = dgmfast_op<MixFn>("mixlogistic_coupling_fwd");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, logdet] =
+        op.call(x, logits, means, log_scales, log_scale, shift, scale_map, clamp, min_log_scale, shift_scale, reverse);
+    ctx->save_for_backward({reverse ? y : x, logits, means, log_scales, log_scale, shift});
+    ctx->saved_data["scale_map"] = scale_map;
+    ctx->saved_data["clamp"] = clamp;
+    ctx->saved_data["min_log_scale"] = min_log_scale;
+    ctx->saved_data["shift_scale"] = shift_scale;
+    ctx->saved_data["reverse"] = reverse;
+    return {y, logdet};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = dgmfast_op<MixBwdFn>("mixlogistic_coupling_bwd");
+    const auto s = ctx->get_saved_variables();
+    check_first_order("mixlogistic_coupling_fwd", ctx, 6);
+    auto& d = ctx->saved_data;
+    const bool shift_scale = d["shift_scale"].toBool(), reverse = d["reverse"].toBool();
+    auto [g_in, g_pi, g_mu, g_l, g_r, g_t] =
+        op.call(s[0], s[1], s[2], s[3], s[4], s[5], grads[0], grads[1], d["scale_map"].toInt(), d["clamp"].toDouble(),
+                d["min_log_scale"].toDouble(), shift_scale, reverse);
+    if (!(reverse || shift_scale)) g_t = grads[0];
+    return {g_in, g_pi, g_mu, g_l, g_r, g_t, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> mixlogistic_coupling_fwd_autograd(
+    const at::Tensor& x, const at::Tensor& logits, const at::Tensor& means, const at::Tensor& log_scales,
+    const at::Tensor& log_scale, const at::Tensor& shift, int64_t scale_map, double clamp, double min_log_scale,
+    bool shift_scale, bool reverse) {
+  auto out = MixLogisticNode::apply(x, logits, means, log_scales, log_scale, shift, scale_map, clamp, min_log_scale,
+                                    shift_scale, reverse);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -294,4 +349,8 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("mixlogistic_coupling_fwd", &dgm::cpu::mixlogistic_coupling_fwd_cpu);
   m.impl("mixlogistic_coupling_bwd", &dgm::cpu::mixlogistic_coupling_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
+  m.impl("mixlogistic_coupling_fwd", &dgm::cpu::mixlogistic_coupling_fwd_autograd);
 }

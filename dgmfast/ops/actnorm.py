@@ -75,7 +75,7 @@ def _bwd_triton(x, loc, log_scale, gy, gld, reverse):
     return gx, g_loc.to(x.dtype), g_log_scale.to(x.dtype)
 
 
-@custom_op("dgmfast::actnorm_fwd")
+@custom_op("dgmfast::actnorm_fwd", native_autograd=("cpu", "cuda"))
 def actnorm_fwd(x: Tensor, loc: Tensor, log_scale: Tensor, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
         return _fwd_triton(x, loc, log_scale, reverse)

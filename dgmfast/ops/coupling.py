@@ -56,7 +56,7 @@ def _bwd_triton(x, r, t, gy, gld, scale_map, clamp, eps, shift_first, reverse):
     return gx, gr, gt
 
 
-@custom_op("dgmfast::affine_coupling_fwd")
+@custom_op("dgmfast::affine_coupling_fwd", native_autograd=("cpu", "cuda"))
 def affine_coupling_fwd(x: Tensor, log_scale: Tensor, shift: Tensor, scale_map: int, clamp: float, eps: float,
                         shift_first: bool, reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":

@@ -144,7 +144,7 @@ def _bwd_triton(x, logits, means, log_scales, log_scale, shift, grad_out, grad_l
     return g_in, gpi, gmu, gls, g_r, g_t
 
 
-@custom_op("dgmfast::mixlogistic_coupling_fwd")
+@custom_op("dgmfast::mixlogistic_coupling_fwd", native_autograd=("cpu", "cuda"))
 def mixlogistic_coupling_fwd(x: Tensor, logits: Tensor, means: Tensor, log_scales: Tensor, log_scale: Tensor,
                              shift: Tensor, scale_map: int, clamp: float, min_log_scale: float, shift_scale: bool,
                              reverse: bool, backend: str) -> tuple[Tensor, Tensor]:
