@@ -39,8 +39,9 @@ def saved_bytes_of(fn):
 
 def fused_op_ms(prof, steps):
     """CPU ms per step spent inside dgmfast's ops in a torch.profiler profile of `steps` steps: the outermost
-    events that are dgmfast autograd Functions (``<op>_function`` and its ``Backward`` node) or direct
-    ``dgmfast_C`` kernel calls (no-grad calls, the reference backend's calls do not have these names)."""
+    events that are dgmfast autograd Functions (``<op>_function`` and its ``Backward`` node) or ``dgmfast_C``
+    kernel calls (no-grad calls, and the forward and backward kernels of the ops with a C++ graph node, whose node
+    bookkeeping is left out; the reference backend's calls do not have these names)."""
     def fused(e):
         return e.name.startswith("dgmfast_C::") or e.name.endswith(("_function", "_functionBackward"))
 
