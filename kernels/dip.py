@@ -1,10 +1,12 @@
 """DIP-VAE covariance penalty (SPEC §8), Triton kernels.
 
-Sums pass, grid (row chunks, D tiles, D tiles): program (c, i, j) takes ROWS rows of mu from chunk c,
-shifts them by mu[0] (no cancellation for a large mean) and accumulates the [TILE, TILE] block (i, j) of
-s2 = sum (mu_n - mu_0)(mu_n - mu_0)^T with tl.dot (IEEE fp32 / fp64, never TF32); the programs with j == 0
-also write s1 = sum (mu_n - mu_0) and sum exp(logvar) of tile i. Each program writes its own partial
-slot; the launcher sums the partials in a fixed order (deterministic, no atomics).
+Sums pass, grid (row chunks, D tiles, D tiles): program (c, i, j) takes the ROWS rows of mu of chunk c,
+first computes the chunk's mean m_c of the columns of tiles i and j, then accumulates the [TILE, TILE] block
+(i, j) of s2 = sum (mu_n - m_c)(mu_n - m_c)^T with tl.dot (IEEE fp32 / fp64, never TF32): each chunk is centred
+on its own mean, so neither a large mean nor an outlying row cancels digits. The programs with j == 0 also
+write m_c, the residual s1 = sum (mu_n - m_c) and sum exp(logvar) of tile i. Each program writes its own
+partial slot; the launcher merges the chunks in a fixed order with Chan et al.'s update (deterministic, no
+atomics).
 
 Gradient pass, grid (row blocks, D tiles): grad_mu[n, j] = sum_i x[n, i] coef2[i, j] with
 x = (mu_n - mu_0) - offset (offset = mean - mu_0) and coef2 = 2*G*grad/N, and
@@ -17,7 +19,7 @@ import triton.language as tl
 @triton.jit
 def _dip_sums_kernel(
     mu_ptr, lv_ptr,              # [N, D] rows contiguous (lv_ptr unused without HAS_LOGVAR)
-    s1_ptr, s2_ptr, se_ptr,      # partials [chunks, PAD], [chunks, PAD, PAD], [chunks, PAD]
+    m_ptr, s1_ptr, s2_ptr, se_ptr,  # partials [chunks, PAD] (centre, residual sum), [chunks, PAD, PAD], [chunks, PAD]
     N, D, mu_row, lv_row,        # sizes and batch strides
     ROWS,                        # rows per chunk (a multiple of BLOCK_N)
     PAD: tl.constexpr,           # D rounded up to whole tiles
@@ -30,8 +32,18 @@ def _dip_sums_kernel(
     offs_j = tj * TILE + tl.arange(0, TILE)
     mi = offs_i < D
     mj = offs_j < D
-    c_i = tl.load(mu_ptr + offs_i, mask=mi, other=0.0).to(ACC)
-    c_j = tl.load(mu_ptr + offs_j, mask=mj, other=0.0).to(ACC)
+    sum_i = tl.zeros((TILE,), dtype=ACC)
+    sum_j = tl.zeros((TILE,), dtype=ACC)
+    for start in range(0, ROWS, BLOCK_N):  # the chunk's mean, the centre of its sums
+        rows = chunk * ROWS + start + tl.arange(0, BLOCK_N)
+        mr = rows < N
+        sum_i += tl.sum(tl.load(mu_ptr + rows[:, None] * mu_row + offs_i[None, :], mask=mr[:, None] & mi[None, :],
+                                other=0.0).to(ACC), axis=0)
+        sum_j += tl.sum(tl.load(mu_ptr + rows[:, None] * mu_row + offs_j[None, :], mask=mr[:, None] & mj[None, :],
+                                other=0.0).to(ACC), axis=0)
+    count = tl.minimum(N - chunk * ROWS, ROWS).to(ACC)
+    c_i = sum_i / count
+    c_j = sum_j / count
     acc2 = tl.zeros((TILE, TILE), dtype=ACC)
     acc1 = tl.zeros((TILE,), dtype=ACC)
     acce = tl.zeros((TILE,), dtype=ACC)
@@ -52,6 +64,7 @@ def _dip_sums_kernel(
                 acce += tl.sum(tl.where(m_i, tl.exp(lv), 0.0), axis=0)
     tl.store(s2_ptr + chunk * PAD * PAD + offs_i[:, None] * PAD + offs_j[None, :], acc2)
     if tj == 0:
+        tl.store(m_ptr + chunk * PAD + offs_i, c_i)
         tl.store(s1_ptr + chunk * PAD + offs_i, acc1)
         if HAS_LOGVAR:
             tl.store(se_ptr + chunk * PAD + offs_i, acce)

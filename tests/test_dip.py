@@ -101,11 +101,12 @@ def test_large_mean_loses_no_accuracy(dev, be, dtype):
         assert_close(a, b.double(), **tol)
 
 
-@pytest.mark.parametrize("rows", [300, 1300])  # one CPU task, and three merged with Chan's update
-def test_cpu_moments_centre_each_task_on_its_mean(rows):
-    """The CPU kernel centres rows on their task's mean, not on the first row: with mu[0] an outlier 100
+@pytest.mark.parametrize("be", ["cpu", "triton"])
+@pytest.mark.parametrize("rows", [300, 1300])  # one CPU task / Triton chunk, and three (CPU) merged by Chan's update
+def test_moments_centre_each_chunk_on_its_mean(rows, be):
+    """The kernels centre rows on their task's (chunk's) mean, not on the first row: with mu[0] an outlier 100
     standard deviations from the mean, shifting by mu[0] would cancel ~1e4 of the second moment in float32
-    (relative error ~1e-3); the kernel keeps the float32 reference's accuracy (torch.cov, centred on the mean)."""
+    (relative error ~1e-3); the kernels keep the float32 reference's accuracy (torch.cov, centred on the mean)."""
     from dgmfast.ops.dip import dip_moments
 
     mu = torch.randn(rows, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 3.0
@@ -113,10 +114,11 @@ def test_cpu_moments_centre_each_task_on_its_mean(rows):
     m2_64 = torch.cov(mu.T, correction=0) * rows
     mu32 = mu.float()
     m2_ref32 = torch.cov(mu32.T, correction=0) * rows
-    with backend("cpu"):
-        _, m2, _ = dip_moments(mu32, None, "cpu")
+    with backend(be):
+        offset, m2, _ = dip_moments(mu32, None, be)
     err = lambda m: ((m.double() - m2_64).abs().max() / m2_64.abs().max()).item()  # noqa: E731
     assert err(m2) < max(4 * err(m2_ref32), 1e-6), (err(m2), err(m2_ref32))
+    torch.testing.assert_close(offset.double(), mu.mean(0) - mu[0], rtol=1e-6, atol=1e-5)
 
 
 def test_variant_ii_needs_logvar_and_bad_inputs():

@@ -1,8 +1,8 @@
 """DIP-VAE covariance penalty (SPEC §8) as torch.library custom ops, and its global-batch form.
 
-``dgmfast::dip_vae_penalty_fwd(mu, logvar)`` -> ``(penalty, offset, grad_cov)``: one pass over mu for the
-centred second moment (the CPU kernel centres each 512-row task on its own mean and merges the tasks with
-Chan et al.'s update; the Triton kernel shifts the rows by mu[0]), then the [D, D] epilogue; ``offset = mean - mu[0]`` and ``grad_cov = dP/dCov``
+``dgmfast::dip_vae_penalty_fwd(mu, logvar)`` -> ``(penalty, offset, grad_cov)``: one kernel over mu for the
+centred second moment (each 512-row CPU task, or each Triton row chunk, is centred on its own mean and the parts
+are merged with Chan et al.'s update), then the [D, D] epilogue; ``offset = mean - mu[0]`` and ``grad_cov = dP/dCov``
 (symmetric, [D, D]) are saved for backward with the inputs: recomputing them would cost a second full
 pass, keeping them costs O(D^2). ``dgmfast::dip_vae_penalty_bwd(mu, logvar, offset, coef)`` is the
 gradient pass: ``grad_mu = 2 (mu_n - mu_0 - offset) coef``, ``grad_logvar = diag(coef) exp(logvar)`` with
@@ -53,38 +53,43 @@ def _tile(D):
     return min(64, max(16, triton.next_power_of_2(D)))
 
 
-def _sums_triton(mu, logvar):
-    """(s1 [D], s2 [D, D], sum_exp [D] or None): sums of mu_n - mu_0 and of their outer products."""
+def _moments_triton(mu, logvar):
+    """(offset = mean - mu[0] [D], m2 [D, D], sum_exp [D] or [0]): per-chunk sums centred on each chunk's mean
+    (kernels/dip.py), merged over chunks in order with Chan et al.'s update."""
     import triton
 
     from dgmfast.kernels.dip import _dip_sums_kernel
     from dgmfast.ops.common import triton_acc
 
     N, D = mu.shape
+    acc = acc_dtype(mu.dtype)
+    if N == 0:
+        z = mu.new_zeros((D,), dtype=acc)
+        return z, z.new_zeros((D, D)), z.clone() if logvar is not None else z.new_empty((0,))
+    mu = row_contiguous(mu)
+    logvar = None if logvar is None else row_contiguous(logvar)
     tile = _tile(D)
     tiles = triton.cdiv(D, tile)
     pad = tiles * tile
     block_n = 64 if mu.device.type == "cuda" else 256
     rows = block_n * max(1, triton.cdiv(N, block_n * 512))  # at most ~512 chunks, fixed by N
     chunks = max(1, triton.cdiv(N, rows))
-    acc = acc_dtype(mu.dtype)
-    s1 = torch.empty((chunks, pad), dtype=acc, device=mu.device)  # every slot written
+    centre = torch.empty((chunks, pad), dtype=acc, device=mu.device)  # every slot written
+    s1 = torch.empty((chunks, pad), dtype=acc, device=mu.device)
     s2 = torch.empty((chunks, pad, pad), dtype=acc, device=mu.device)
     se = torch.empty((chunks, pad) if logvar is not None else (0,), dtype=acc, device=mu.device)
     _dip_sums_kernel[(chunks, tiles, tiles)](
-        mu, logvar if logvar is not None else mu, s1, s2, se, N, D, row_stride(mu),
+        mu, logvar if logvar is not None else mu, centre, s1, s2, se, N, D, row_stride(mu),
         row_stride(logvar) if logvar is not None else 0, rows, PAD=pad, HAS_LOGVAR=logvar is not None,
         ACC=triton_acc(mu.dtype), TILE=tile, BLOCK_N=block_n, num_warps=4)
-    return s1.sum(0)[:D], s2.sum(0)[:D, :D], se.sum(0)[:D] if logvar is not None else None
-
-
-def _moments_triton(mu, logvar):
-    N, D = mu.shape
-    if N == 0:
-        z = mu.new_zeros((D,), dtype=acc_dtype(mu.dtype))
-        return z, z.new_zeros((D, D)), z.clone() if logvar is not None else z.new_empty((0,))
-    s1, s2, se = _sums_triton(row_contiguous(mu), None if logvar is None else row_contiguous(logvar))
-    return s1 / N, s2 - torch.outer(s1, s1) / N, se if se is not None else s1.new_empty((0,))
+    count = (N - rows * torch.arange(chunks, device=mu.device)).clamp(max=rows).to(acc)[:, None]  # rows per chunk
+    centre, s1, s2 = centre[:, :D], s1[:, :D], s2[:, :D, :D]
+    shift = centre - mu[0].to(acc)  # chunk centres relative to mu[0]: the offset's frame
+    chunk_mean = shift + s1 / count  # mean - mu[0] of each chunk
+    offset = (count * chunk_mean).sum(0) / N
+    dev = (chunk_mean - offset) * count.sqrt()
+    m2 = (s2 - s1[:, :, None] * s1[:, None, :] / count[:, :, None]).sum(0) + dev.T @ dev
+    return offset, m2, se.sum(0)[:D] if logvar is not None else s1.new_empty((0,))
 
 
 def _fwd_triton(mu, logvar, lambda_od, lambda_d):
