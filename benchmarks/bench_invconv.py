@@ -1,6 +1,7 @@
-"""Invertible 1x1 convolution (LU form) benchmark cases: the SPEC §12 Glow shapes (affine_coupling's) and the
-first-level shape of the CPU training comparison (benchmarks/train_flow.py, Glow on 8x8 digits). The reference
-assembles W with torch ops and mixes with oneDNN/cuBLAS's 1x1 convolution (F.conv2d)."""
+"""Invertible 1x1 convolution benchmark cases: the SPEC §12 Glow shapes (affine_coupling's) and the first-level
+shape of the CPU training comparison (benchmarks/train_flow.py, Glow on 8x8 digits). `invconv_lu` (the LU form):
+the reference assembles W with torch ops and mixes with oneDNN/cuBLAS's 1x1 convolution (F.conv2d);
+`channel_mix` (the dense form's mixing): the reference is that convolution alone."""
 import torch
 
 from benchmarks.harness import Case
@@ -38,10 +39,27 @@ def _flops(mode):
     return lambda args, kwargs: 2 * passes * args[0].numel() * args[0].shape[1]
 
 
+def _make_mix(shape):
+    def make(device, dtype):
+        g = torch.Generator(device=device).manual_seed(3)
+        x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        w = torch.linalg.qr(torch.randn(shape[1], shape[1], generator=g, device=device, dtype=acc))[0]
+        return (x.requires_grad_(), w.requires_grad_()), {}
+    return make
+
+
+def _mix_reference(x, w):
+    return ref.channel_matmul(x, w.to(x.dtype))
+
+
 def cases(device, quick=False):
     out = []
     for shape in SHAPES[:2] if quick else SHAPES:
         for mode in ("fwd", "fwd+bwd", "reverse"):
             out.append(Case("invconv_lu", str(list(shape)), mode, _make(shape, mode == "reverse"), ref.invconv_lu,
                             F.invconv_lu, _bytes(mode), flops=_flops(mode)))
+        for mode in ("fwd", "fwd+bwd"):
+            out.append(Case("channel_mix", str(list(shape)), mode, _make_mix(shape), _mix_reference, F.channel_mix,
+                            _bytes(mode), flops=_flops(mode)))
     return out

@@ -22,7 +22,7 @@ from dgmfast.reference.dequant import MODES
 from dgmfast.reference.dip import VARIANTS
 from dgmfast.reference.gaussian import ESTIMATORS, LOG_2PI, ElboSurgery, elbo_surgery_from_terms
 
-__all__ = ["affine_coupling", "actnorm", "invconv_lu", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
+__all__ = ["affine_coupling", "actnorm", "invconv_lu", "channel_mix", "uniform_dequantize", "gaussian_sample_log_prob", "dequantize_sigmoid_tail",
            "bits_per_dim", "reparameterize", "gaussian_mixture_log_prob", "elbo_surgery", "ElboSurgery",
            "mixlogistic_coupling", "dip_vae_penalty", "planar_flows", "iaf_step"]
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -416,6 +416,37 @@ def invconv_lu_unchecked(x, perm, lower, upper, sign_s, log_abs_s, reverse):
     if backend == "torch":
         return reference.invconv.invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, reverse=reverse)
     return _invconv.invconv_lu_fwd(x, perm, lower, upper, sign_s, log_abs_s, bool(reverse), backend)
+
+
+def channel_mix(x, weight):
+    """The channel mixing of a 1x1 convolution without bias, SPEC §4's dense form: ``y[b, :, ...] = weight @
+    x[b, :, ...]`` over dim 1. Gradients flow to x and weight. ``dgmfast.nn.InvConv1x1(lu=False)`` calls it with W
+    (or its cached inverse) and adds its cached log-determinant.
+
+    Args:
+        x: ``[B, C, ...]`` float16/bfloat16/float32/float64; any batch/channel strides are read in place.
+        weight: ``[C, C]`` in x's accumulation dtype (float32, float64 for float64 x), on x's device.
+    Returns:
+        y: contiguous, x's shape and dtype.
+
+    Example::
+
+        y = dgmfast.functional.channel_mix(x, w)                # x: [B, C, H, W], w: [C, C]
+    """
+    check_tensor("x", x, min_dim=2)
+    c = x.shape[1]
+    check_tensor("weight", weight, min_dim=0)
+    if tuple(weight.shape) != (c, c):
+        raise ValueError(f"weight must have shape {(c, c)} (C = x.shape[1]), got {tuple(weight.shape)}")
+    acc = acc_dtype(x.dtype)
+    if weight.dtype != acc:
+        raise TypeError(f"weight must have dtype {acc} (the accumulation dtype of x's {x.dtype}), got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"weight must be on device {x.device} (as x), got {weight.device}")
+    backend = select_backend("channel_mix", x.device, x.dtype)
+    if backend == "torch":
+        return reference.invconv.channel_matmul(x, weight.to(x.dtype))
+    return _invconv.channel_mix_fwd(x, weight, backend)
 
 
 # ---- Gaussian posterior, mixture log-density, ELBO surgery (SPEC §7, §9, §10) ---------------------

@@ -117,7 +117,7 @@ def _node_cases():
     cp = [x, torch.randn(6, 4, 5, 3, generator=g), torch.randn(6, 4, 5, 3, generator=g)]
     mx = mixlogistic_inputs((6, 4, 5), 3, seed=1)
     lx, lp = lu_inputs((6, 4, 5, 3), seed=2)
-    cases = []
+    cases = [("ChannelMixNode", invconv.channel_mix_fwd, [lx, lp[1] + lp[2]], (0, 1), ("cpu",))]
     for reverse in (False, True):
         cases.append(("ActnormNode", actnorm.actnorm_fwd, an, (0, 1, 2), (reverse, "cpu")))
         cases.append(("InvconvLUNode", invconv.invconv_lu_fwd, [lx, *lp], (0, 2, 3, 5), (reverse, "cpu")))
@@ -129,21 +129,26 @@ def _node_cases():
     return cases
 
 
+def _pair(out):
+    """(output, log-det) of an op; 0 for an op without a log-det (channel_mix)."""
+    return out if isinstance(out, tuple) else (out, torch.zeros(()))
+
+
 @pytest.mark.parametrize("case", range(len(_node_cases())))
 @needs_extension
 def test_cpu_eager_calls_record_the_cpp_node(case):
-    """actnorm, affine and mixture-of-logistics coupling and the LU 1x1 conv: eager cpu calls record the op's C++
+    """actnorm, affine and mixture-of-logistics coupling and both 1x1 conv forms: eager cpu calls record the op's C++
     node; outputs and gradients equal the custom op's (Python autograd) bit for bit; second derivatives raise."""
     node, op, inputs, grad_idx, args = _node_cases()[case]
     results = []
     for fn in (op, op.op):
         xs = [a.clone().requires_grad_(i in grad_idx) for i, a in enumerate(inputs)]
-        y, ld = fn(*xs, *args)
+        y, ld = _pair(fn(*xs, *args))
         assert (node in y.grad_fn.name()) == (fn is op)
         w = torch.linspace(-1, 1, y.numel()).view_as(y)
         ((y * w).sum() + (0.5 * ld).sum()).backward()
         results.append([y, ld] + [xs[i].grad for i in grad_idx])
-        y, ld = fn(*xs, *args)
+        y, ld = _pair(fn(*xs, *args))
         with pytest.raises(RuntimeError, match="has no double backward"):
             torch.autograd.grad((y * y).sum() + ld.sum(), xs[0], create_graph=True)
     for a, b in zip(*results):

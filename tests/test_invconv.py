@@ -87,9 +87,13 @@ def test_dense_cache_has_no_double_backward():
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     for reverse in (False, True):
         layer = make_layer(4, lu=False)
-        y, ld = layer(x, reverse=reverse)
+        with backend("torch"):  # the mixing is plain autograd: only the cache is first-order
+            y, ld = layer(x, reverse=reverse)
         with pytest.raises(RuntimeError, match="InvConv1x1's cached .* has no double backward"):
             torch.autograd.grad(ld.sum() + y.sum(), layer.weight, create_graph=True)
+        y, ld = layer(x, reverse=reverse)  # the fused mixing is first-order too
+        with pytest.raises(RuntimeError, match="has no double backward"):
+            torch.autograd.grad((y * y).sum(), layer.weight, create_graph=True)
         assert torch.autograd.grad(ld.sum() + y.sum(), layer.weight)[0].shape == (4, 4)  # first order works
     lu_layer = make_layer(4, lu=True)
     with backend("torch"):  # the fused LU op's no-double-backward error is tested below
@@ -399,3 +403,102 @@ def test_layer_runs_the_op_and_matches_the_reference_layer():
         grads[be] = [y, ld, z] + [p.grad.clone() for p in (layer.lower, layer.upper, layer.log_abs_s)]
     for a, b in zip(grads["cpu"], grads["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+# ---- the dense form's mixing (dgmfast.functional.channel_mix) -------------------------------------------------
+
+def mix_run(be, x, w, dtype=None, weights=None):
+    """(y, grad_x, grad_weight) of a weighted sum of y."""
+    xs = x.detach().to(dtype or x.dtype).requires_grad_()
+    ws = w.detach().to(dtype or w.dtype).requires_grad_()
+    with backend(be):
+        y = F.channel_mix(xs, ws)
+    (y.double() * (weights if weights is not None else 1.0)).sum().backward()
+    return y, xs.grad, ws.grad
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+def test_channel_mix_matches_reference(dev, be):
+    for shape in OP_SHAPES + [(3, 6, 0), (0, 4, 2)]:
+        g = torch.Generator().manual_seed(20)
+        x = torch.randn(shape, generator=g).to(dev)
+        w = torch.randn(shape[1], shape[1], generator=g).to(dev) / shape[1] ** 0.5
+        weights = torch.randn(shape, dtype=torch.float64, device=dev)
+        out = mix_run(be, x, w, weights=weights)
+        ref64 = mix_run("torch", x, w, dtype=torch.float64, weights=weights)
+        n = x.numel() / max(x.shape[1], 1)
+        for i, nm in enumerate(["y", "grad_x", "grad_weight"]):
+            assert_close(out[i], ref64[i], rtol=1e-5, atol=2e-5 * (1 if i < 2 else 4 * n ** 0.5), name=f"{nm} {shape}")
+
+
+@pytest.mark.parametrize("dev,be", backend_cases())
+@pytest.mark.parametrize("dtype", [*HALF_DTYPES, torch.float64])
+def test_channel_mix_dtypes(dev, be, dtype):
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(4, 6, 9, 11, generator=g).to(dev, dtype)
+    w = (torch.randn(6, 6, generator=g) / 6 ** 0.5).to(dev, torch.float64 if dtype == torch.float64 else torch.float32)
+    out, ref64, low = mix_run(be, x, w), mix_run("torch", x, w, dtype=torch.float64), mix_run("torch", x, w)
+    assert out[0].dtype == dtype
+    for i, nm in enumerate(["y", "grad_x", "grad_weight"]):
+        if dtype == torch.float64:
+            assert_close(out[i], ref64[i], rtol=1e-10, atol=1e-9, name=nm)
+        else:
+            o, r = (out[i], low[i]) if out[i].dtype == dtype else (out[i].to(dtype), low[i].to(dtype))
+            assert_close(o, ref64[i], low_ref=r, atol=5e-2 if i < 2 else 2.0, name=nm)
+
+
+@pytest.mark.parametrize("dev,be", [c for c in backend_cases() if c.values[1] != "torch"])
+def test_channel_mix_opcheck(dev, be):
+    x = torch.randn(2, 3, 5, device=dev, requires_grad=True)
+    w = torch.randn(3, 3, device=dev, requires_grad=True)
+    torch.library.opcheck(torch.ops.dgmfast.channel_mix_fwd, (x, w, be))
+    torch.library.opcheck(torch.ops.dgmfast.channel_mix_bwd, (x.detach(), w.detach(), torch.randn_like(x), be))
+
+
+def test_channel_mix_bad_inputs_raise_clear_errors():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3, 3\)"):
+        F.channel_mix(x, torch.randn(3, 4))
+    with pytest.raises(TypeError, match=r"weight must have dtype torch.float32 .* got torch.float64"):
+        F.channel_mix(x, torch.randn(3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("be", ["cpu", "triton"])
+def test_dense_layer_fused_equals_reference_layer(be):
+    layer = make_layer(5, lu=False).float()
+    perturb(layer, seed=22, scale=0.1)
+    x = torch.randn(6, 5, 4, 3)
+
+    def step(x):
+        y, ld = layer(x)
+        z, ld2 = layer(y * 0.5, reverse=True)
+        return (y * y).sum() + (z * z).sum() - ld.sum() + ld2.sum()
+
+    grads = {}
+    for b in ("torch", be):
+        with backend(b):
+            layer.zero_grad()
+            step(x).backward()
+            grads[b] = layer.weight.grad.clone()
+    torch.testing.assert_close(grads[be], grads["torch"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("be", ["cpu", "triton"])
+def test_channel_mix_torch_compile_fullgraph(be):
+    x = torch.randn(4, 6, 8, 8, requires_grad=True)
+    w = (torch.randn(6, 6) / 6 ** 0.5).requires_grad_()
+
+    def step(x, w):
+        y = F.channel_mix(x, w)
+        return (y * y).sum()
+
+    with backend(be):
+        eager = step(x, w)
+        g_eager = torch.autograd.grad(eager, (x, w))
+        torch._dynamo.reset()
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
+        out = compiled(x, w)
+        g_comp = torch.autograd.grad(out, (x, w))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)

@@ -1,8 +1,9 @@
-// Invertible 1x1 convolution in Glow's LU form (SPEC §4), C++ CPU kernels. One op per direction maps
-// x [B, C, ...] (seen as [B, C, S]) to y = A x over the channels, A = W (forward) or W^-1 (reverse), with
-// W = P L (U + diag(sign_s * exp(log_abs_s))) assembled inside the op and logdet = +-S * sum(log_abs_s).
-// One backward pass returns grad_x = A^T grad_y and the gradients of the LU parameters (through
-// grad_A = sum_{b,s} grad_y x^T, summed over fixed tasks in a fixed order: deterministic for any thread count).
+// Invertible 1x1 convolution (SPEC §4), C++ CPU kernels. In Glow's LU form one op per direction maps x [B, C, ...]
+// (seen as [B, C, S]) to y = A x over the channels, A = W (forward) or W^-1 (reverse), with
+// W = P L (U + diag(sign_s * exp(log_abs_s))) assembled inside the op and logdet = +-S * sum(log_abs_s); one backward
+// pass returns grad_x = A^T grad_y and the gradients of the LU parameters (through grad_A = sum_{b,s} grad_y x^T,
+// summed over fixed tasks in a fixed order: deterministic for any thread count). The dense form's op is the mixing
+// alone, y = W x with a given W (InvConv1x1(lu=False) passes W or its cached inverse), with grad_x and grad_W.
 // At the small channel counts of flows, oneDNN's 1x1 convolution and the dozen [C, C] autograd ops that
 // assemble W cost ~0.5 ms per layer and step; these kernels stream x once per direction.
 #include "autograd.h"
@@ -371,6 +372,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_lu_bwd_cpu(
           to_tensor(Mat(g_ls.begin(), g_ls.end()), log_abs_s)};
 }
 
+// ---- the dense form: y = W x with a given weight ----
+
+void check_channel_mix_inputs(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() >= 2, "dgmfast: channel_mix x must be [B, C, ...], got shape ", x.sizes());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == C && weight.size(1) == C,
+              "dgmfast: channel_mix weight must have shape [", C, ", ", C, "] (C = x.shape[1]), got ", weight.sizes());
+  const auto acc = acc_scalar_type(x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == acc, "dgmfast: channel_mix weight must have dtype ", acc,
+              " (the accumulation dtype of x's ", x.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK(weight.device() == x.device(), "dgmfast: channel_mix weight must be on ", x.device(), ", got ",
+              weight.device());
+}
+
+Mat read_matrix(const at::Tensor& w) {
+  const at::Tensor w64 = w.to(at::kDouble).contiguous();
+  return Mat(w64.const_data_ptr<double>(), w64.const_data_ptr<double>() + w64.numel());
+}
+
+at::Tensor channel_mix_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight) {
+  check_channel_mix_inputs(x_in, weight);
+  const at::Tensor x = plane_contiguous(x_in);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_mix_fwd_cpu", [&] {
+    channel_mix<scalar_t>(x, mixing_matrix<opmath_t<scalar_t>>(read_matrix(weight), x.size(1), false), y);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_mix_bwd_cpu(const at::Tensor& x_in, const at::Tensor& weight,
+                                                       const at::Tensor& gy_in) {
+  check_channel_mix_inputs(x_in, weight);
+  check_same_shape(x_in, gy_in, "grad_y");
+  const at::Tensor x = plane_contiguous(x_in), gy = plane_contiguous(gy_in);
+  at::Tensor gx = at::empty(x.sizes(), x.options());
+  Mat gw;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_mix_bwd_cpu", [&] {
+    channel_mix<scalar_t>(gy, mixing_matrix<opmath_t<scalar_t>>(read_matrix(weight), x.size(1), true), gx);
+    gw = mixing_grad<scalar_t>(gy, x);
+  });
+  return {gx, to_tensor(gw, weight)};
+}
+
 // ---- the Autograd kernel of eager calls (autograd.h) ----
 //
 // Saves the op's inputs, as _setup_context (dgmfast/ops/invconv.py); perm and sign_s are fixed buffers and take no
@@ -413,6 +457,32 @@ std::tuple<at::Tensor, at::Tensor> invconv_lu_fwd_autograd(const at::Tensor& x, 
   return {out[0], out[1]};
 }
 
+using ChannelMixFn = at::Tensor(const at::Tensor&, const at::Tensor&);
+using ChannelMixBwdFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+// Saves x and the weight, as _mix_setup_context (dgmfast/ops/invconv.py).
+struct ChannelMixNode : public torch::autograd::Function<ChannelMixNode> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
+    static const auto op = dgmfast_op<ChannelMixFn>("channel_mix_fwd");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({x, weight});
+    return op.call(x, weight);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = dgmfast_op<ChannelMixBwdFn>("channel_mix_bwd");
+    const auto s = ctx->get_saved_variables();
+    check_first_order("channel_mix_fwd", ctx, 2);
+    auto [gx, gw] = op.call(s[0], s[1], grads[0]);
+    return {gx, gw};
+  }
+};
+
+at::Tensor channel_mix_fwd_autograd(const at::Tensor& x, const at::Tensor& weight) {
+  return ChannelMixNode::apply(x, weight);
+}
+
 }  // namespace
 }  // namespace dgm::cpu
 
@@ -421,13 +491,18 @@ TORCH_LIBRARY_FRAGMENT(dgmfast_C, m) {
         "bool reverse) -> (Tensor, Tensor)");
   m.def("invconv_lu_bwd(Tensor x, Tensor perm, Tensor lower, Tensor upper, Tensor sign_s, Tensor log_abs_s, "
         "Tensor grad_y, Tensor grad_logdet, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("channel_mix_fwd(Tensor x, Tensor weight) -> Tensor");
+  m.def("channel_mix_bwd(Tensor x, Tensor weight, Tensor grad_y) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dgmfast_C, CPU, m) {
   m.impl("invconv_lu_fwd", &dgm::cpu::invconv_lu_fwd_cpu);
   m.impl("invconv_lu_bwd", &dgm::cpu::invconv_lu_bwd_cpu);
+  m.impl("channel_mix_fwd", &dgm::cpu::channel_mix_fwd_cpu);
+  m.impl("channel_mix_bwd", &dgm::cpu::channel_mix_bwd_cpu);
 }
 
 TORCH_LIBRARY_IMPL(dgmfast_C, Autograd, m) {
   m.impl("invconv_lu_fwd", &dgm::cpu::invconv_lu_fwd_autograd);
+  m.impl("channel_mix_fwd", &dgm::cpu::channel_mix_fwd_autograd);
 }

@@ -1,6 +1,6 @@
 """Invertible 1x1 convolution (Glow), SPEC §4. The LU form runs the fused op dgmfast.functional.invconv_lu
-(W assembled, mixed in and differentiated inside one op); the dense form mixes with oneDNN/cuBLAS (F.conv2d /
-F.linear) and caches its float64 log-determinant and inverse per weight version."""
+(W assembled, mixed in and differentiated inside one op); the dense form mixes with the fused
+dgmfast.functional.channel_mix and caches its float64 log-determinant and inverse per weight version."""
 import torch
 from torch import nn
 
@@ -53,7 +53,8 @@ class InvConv1x1(nn.Module):
     :func:`dgmfast.functional.invconv_lu` (the parameters cast to x's accumulation dtype).
     ``lu=False``: a dense ``weight``; ``log|det W|`` and ``W^-1`` come from one LU factorization in float64
     on the weight's device, cached per weight version (``weight._version`` and storage), so they are
-    recomputed only after the weight changes (e.g. an optimizer step). Gradients flow through both.
+    recomputed only after the weight changes (e.g. an optimizer step). Gradients flow through both. The mixing is
+    :func:`dgmfast.functional.channel_mix`.
 
     The initial W is a random orthogonal matrix (QR of a Gaussian matrix drawn from ``generator``, or
     from torch's global generator when None).
@@ -132,5 +133,5 @@ class InvConv1x1(nn.Module):
             if any(p.dtype != acc for p in params):
                 params = [p.to(acc) for p in params]
             return F.invconv_lu_unchecked(x, *params, reverse)
-        weight = self.inverse_matrix() if reverse else self.weight_matrix()
-        return ref.channel_matmul(x, weight.to(x.dtype)), ref.invconv_logdet(x, self.log_abs_det(), reverse)
+        weight = self.inverse_matrix() if reverse else self.weight
+        return F.channel_mix(x, weight.to(acc_dtype(x.dtype))), ref.invconv_logdet(x, self.log_abs_det(), reverse)

@@ -1,14 +1,17 @@
-"""Invertible 1x1 convolution in Glow's LU form (SPEC §4) as torch.library custom ops.
+"""Invertible 1x1 convolution (SPEC §4) as torch.library custom ops.
 
-``dgmfast::invconv_lu_fwd`` maps x [B, C, ...] to ``y = A x`` over the channels, ``A = W`` (forward) or
+LU form: ``dgmfast::invconv_lu_fwd`` maps x [B, C, ...] to ``y = A x`` over the channels, ``A = W`` (forward) or
 ``W^-1`` (reverse) with ``W = P L (U + diag(sign_s * exp(log_abs_s)))``, and returns (y, logdet);
 ``dgmfast::invconv_lu_bwd`` is its backward: ``grad_x = A^T grad_y`` and the LU parameters' gradients through
-``grad_A = sum_{b,s} grad_y x^T``. Backward saves only the inputs (x and the parameters).
+``grad_A = sum_{b,s} grad_y x^T``. Dense form: ``dgmfast::channel_mix_fwd(x, weight)`` is ``y = weight x`` alone
+(InvConv1x1(lu=False) adds its cached log-det) and ``dgmfast::channel_mix_bwd`` returns ``(grad_x, grad_weight)``.
+Backward saves only the inputs.
 
 Backends: "cpu" calls dgmfast._C (csrc/cpu/invconv.cpp), which assembles W (or W^-1, float64 triangular
 solves) inside the op and records a C++ graph node in eager calls; "triton" streams x through
 kernels/invconv.py and does the [C, C] algebra with torch (the reference's lu_weight / lu_inverse, and the chain
-rule through W = P L M in float64 for the parameter gradients). The cuda backend refuses: CUDA tensors take the triton backend.
+rule through W = P L M in float64 for the parameter gradients). The cuda backend refuses: CUDA tensors take the
+triton backend.
 """
 import math
 
@@ -29,6 +32,7 @@ def _refusals(backend, device, dtype):
 
 
 register_op("invconv_lu", _refusals)
+register_op("channel_mix", _refusals)
 
 
 def _plane_contiguous(t):
@@ -148,3 +152,43 @@ def _backward(ctx, grad_y, grad_logdet):
 
 
 invconv_lu_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- the dense form: y = weight x ----------------------------------------------------------------------------
+
+@custom_op("dgmfast::channel_mix_fwd", native_autograd=("cpu",))
+def channel_mix_fwd(x: Tensor, weight: Tensor, backend: str) -> Tensor:
+    if backend == "triton":
+        return _mix_triton(x, weight.to(x.dtype))
+    return torch.ops.dgmfast_C.channel_mix_fwd(x, weight)
+
+
+@channel_mix_fwd.register_fake
+def _(x, weight, backend):
+    return x.new_empty(x.shape)
+
+
+@custom_op("dgmfast::channel_mix_bwd")
+def channel_mix_bwd(x: Tensor, weight: Tensor, grad_y: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    if backend == "triton":
+        return _mix_triton(grad_y, weight.to(x.dtype).T), _mixing_grad_triton(grad_y, x).to(weight.dtype)
+    return torch.ops.dgmfast_C.channel_mix_bwd(x, weight, grad_y)
+
+
+@channel_mix_bwd.register_fake
+def _(x, weight, grad_y, backend):
+    return x.new_empty(x.shape), torch.empty_like(weight)
+
+
+def _mix_setup_context(ctx, inputs, output):
+    x, weight, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.backend = backend
+
+
+def _mix_backward(ctx, grad_y):
+    gx, gw = channel_mix_bwd(*ctx.saved_tensors, grad_y, ctx.backend)
+    return gx, gw, None
+
+
+channel_mix_fwd.register_autograd(_mix_backward, setup_context=_mix_setup_context)
