@@ -5,7 +5,8 @@ import torch
 import dgmfast
 from dgmfast import functional as F
 from dgmfast.reference import actnorm as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet
+from tests.utils import (HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases,
+                         brute_force_logdet)
 
 # [B, C] vectors; odd sizes; planes longer than one CPU tile (16384) and one interpreter block (8192);
 # many samples per tile along B
@@ -116,16 +117,7 @@ def test_torch_compile_fullgraph(be):
         y, ld = F.actnorm(x, loc, log_scale)
         return (y * y).sum() - ld.sum()
 
-    with backend(be):
-        eager = step(x, loc, log_scale)
-        g_eager = torch.autograd.grad(eager, (x, loc, log_scale))
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(x, loc, log_scale)
-        g_comp = torch.autograd.grad(out, (x, loc, log_scale))
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, (x, loc, log_scale), be)
 
 
 @pytest.mark.parametrize("dev,be", backend_cases())

@@ -10,7 +10,8 @@ import torch
 import dgmfast
 from dgmfast import functional as F
 from dgmfast.reference import coupling as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet
+from tests.utils import (HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases,
+                         brute_force_logdet)
 
 SCALE_MAPS = ["exp", "tanh", "sigmoid"]
 ORDERS = ["scale_shift", "shift_scale"]
@@ -140,16 +141,7 @@ def test_torch_compile_fullgraph(be):
         y, ld = F.affine_coupling(x, r, t, **kw)
         return (y * y).sum() - ld.sum()
 
-    with backend(be):
-        eager = step(x, r, t)
-        g_eager = torch.autograd.grad(eager, (x, r, t))
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(x, r, t)
-        g_comp = torch.autograd.grad(out, (x, r, t))
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, (x, r, t), be)
 
 
 @pytest.mark.parametrize("dev,be", backend_cases())

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import dgmfast
 from dgmfast import functional as F
 from dgmfast.reference import dip as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases
+from tests.utils import HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases
 
 # odd D; more rows than one CPU task (512) and one interpreter block (256); D above one Triton tile (64)
 SHAPES = [(37, 10), (600, 5), (1, 3), (130, 70)]
@@ -185,16 +185,7 @@ def test_torch_compile_fullgraph(be):
     def step(mu, lv):
         return F.dip_vae_penalty(mu, lv, lambda_od=1.0, lambda_d=2.0, variant="ii") + mu.square().mean()
 
-    with backend(be):
-        eager = step(mu, lv)
-        g_eager = torch.autograd.grad(eager, (mu, lv))
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(mu, lv)
-        g_comp = torch.autograd.grad(out, (mu, lv))
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, (mu, lv), be)
 
 
 @pytest.mark.parametrize("dev,be", backend_cases())

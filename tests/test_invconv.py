@@ -7,7 +7,8 @@ import torch
 import dgmfast
 from dgmfast import functional as F
 from dgmfast.reference import invconv as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet, needs_extension
+from tests.utils import (HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases,
+                         brute_force_logdet, needs_extension)
 
 
 def make_layer(c, lu, seed=0):
@@ -290,16 +291,7 @@ def test_op_torch_compile_fullgraph(be):
         return (y * y).sum() + (z * z).sum() - ld.sum() + ld2.sum()
 
     params = [x, layer.lower, layer.upper, layer.log_abs_s]
-    with backend(be):
-        eager = step(x)
-        g_eager = torch.autograd.grad(eager, params)
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(x)
-        g_comp = torch.autograd.grad(out, params)
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, (x,), be, wrt=params)
 
 
 @pytest.mark.parametrize("dev,be", backend_cases())
@@ -492,13 +484,4 @@ def test_channel_mix_torch_compile_fullgraph(be):
         y = F.channel_mix(x, w)
         return (y * y).sum()
 
-    with backend(be):
-        eager = step(x, w)
-        g_eager = torch.autograd.grad(eager, (x, w))
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(x, w)
-        g_comp = torch.autograd.grad(out, (x, w))
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, (x, w), be)

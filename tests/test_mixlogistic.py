@@ -6,7 +6,8 @@ import dgmfast
 from dgmfast import functional as F
 from dgmfast.ops import mixlogistic as ops
 from dgmfast.reference import mixlogistic as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet, max_err
+from tests.utils import (HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases,
+                         brute_force_logdet, max_err)
 
 ORDERS = ["scale_shift", "shift_scale"]
 # (shape, K): odd sizes, K = 1, a row longer than one CPU chunk (16384) and one interpreter block
@@ -177,16 +178,7 @@ def test_torch_compile_fullgraph(be):
         x_back, ld_back = F.mixlogistic_coupling(y, *a[1:], order="shift_scale", reverse=True)
         return (y * y).sum() - ld.sum() + (x_back * x_back).sum() + ld_back.sum()
 
-    with backend(be):
-        eager = step(*args)
-        g_eager = torch.autograd.grad(eager, args)
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(*args)
-        g_comp = torch.autograd.grad(out, args)
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, args, be)
 
 
 def conditioner_views(h, k):

@@ -6,7 +6,8 @@ import torch
 import dgmfast
 from dgmfast import functional as F
 from dgmfast.reference import vaeflows as ref
-from tests.utils import HALF_DTYPES, assert_close, backend, backend_cases, brute_force_logdet
+from tests.utils import (HALF_DTYPES, assert_close, assert_compiled_matches_eager, backend, backend_cases,
+                         brute_force_logdet)
 
 # (B, L, D): odd D; B above one Triton program (64 rows); a single row, step and dim
 PLANAR_SHAPES = [(5, 3, 7), (70, 2, 33), (1, 1, 1)]
@@ -131,16 +132,7 @@ def test_torch_compile_fullgraph(be):
         return (y2 * y2).sum() - ld.sum() - ld2.sum()
 
     inputs = (z, u, w, b, m, r)
-    with backend(be):
-        eager = step(*inputs)
-        g_eager = torch.autograd.grad(eager, inputs)
-        torch._dynamo.reset()
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
-        out = compiled(*inputs)
-        g_comp = torch.autograd.grad(out, inputs)
-    torch.testing.assert_close(out, eager)
-    for a, b_ in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b_)
+    assert_compiled_matches_eager(step, inputs, be)
 
 
 @pytest.mark.parametrize("dev,be", backend_cases())

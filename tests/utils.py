@@ -30,6 +30,27 @@ def backend(name):
         yield
 
 
+def compile_fullgraph(fn, be):
+    """torch.compile(fn, fullgraph=True) for backend `be` (inductor; aot_eager for triton, whose CPU tensors run in
+    the interpreter)."""
+    return torch.compile(fn, fullgraph=True, backend="aot_eager" if be == "triton" else "inductor")
+
+
+def assert_compiled_matches_eager(step, inputs, be, wrt=None, **tol):
+    """The compiled step (compile_fullgraph) on backend `be` gives the eager step's value and gradients (with respect
+    to `wrt`, default the inputs), to torch.testing.assert_close's tolerances or `tol`."""
+    wrt = tuple(inputs) if wrt is None else tuple(wrt)
+    with backend(be):
+        eager = step(*inputs)
+        g_eager = torch.autograd.grad(eager, wrt)
+        torch._dynamo.reset()
+        out = compile_fullgraph(step, be)(*inputs)
+        g_comp = torch.autograd.grad(out, wrt)
+    torch.testing.assert_close(out, eager, **tol)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, **tol)
+
+
 def max_err(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
