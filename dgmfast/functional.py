@@ -202,8 +202,9 @@ def dip_vae_penalty(mu, logvar=None, *, lambda_od, lambda_d, variant="i", proces
 
     ``Cov = (1/N) sum_n (mu_n - mean)(mu_n - mean)^T`` (biased, centred over the batch); variant ``"ii"``
     adds ``diag(mean_n exp(logvar_n))``. Penalty ``lambda_od * sum_{i != j} Cov_ij^2 + lambda_d * sum_i
-    (Cov_ii - 1)^2``. One pass over the rows for the statistics (shifted by the first row, so a large
-    mean loses no accuracy) and one for the gradient; nothing of size [N, D] is saved.
+    (Cov_ii - 1)^2``. One kernel over the rows for the statistics (each chunk of rows centred on its own mean, so
+    neither a large mean nor an outlying row loses accuracy) and one pass for the gradient; nothing of size [N, D]
+    is saved.
 
     Args:
         mu: ``[N, D]`` posterior means, N >= 1 (float16/bfloat16/float32/float64).
