@@ -277,6 +277,8 @@ def test_op_opcheck(dev, be, reverse):
     gy, gld = torch.randn_like(x), torch.randn(2, device=dev)
     plain = [a.detach() for a in args]
     torch.library.opcheck(torch.ops.dgmfast.invconv_lu_bwd, (*plain, gy, gld, reverse, be))
+    plain[2], plain[3] = plain[2].T.contiguous().T, plain[3].T.contiguous().T  # column-major parameters
+    torch.library.opcheck(torch.ops.dgmfast.invconv_lu_bwd, (*plain, gy, gld, reverse, be))
 
 
 @pytest.mark.parametrize("be", ["cpu", "triton"])
@@ -442,9 +444,9 @@ def test_channel_mix_dtypes(dev, be, dtype):
 @pytest.mark.parametrize("dev,be", [c for c in backend_cases() if c.values[1] != "torch"])
 def test_channel_mix_opcheck(dev, be):
     x = torch.randn(2, 3, 5, device=dev, requires_grad=True)
-    w = torch.randn(3, 3, device=dev, requires_grad=True)
-    torch.library.opcheck(torch.ops.dgmfast.channel_mix_fwd, (x, w, be))
-    torch.library.opcheck(torch.ops.dgmfast.channel_mix_bwd, (x.detach(), w.detach(), torch.randn_like(x), be))
+    for w in (torch.randn(3, 3, device=dev), torch.randn(3, 3, device=dev).T):  # row- and column-major weights
+        torch.library.opcheck(torch.ops.dgmfast.channel_mix_fwd, (x, w.requires_grad_(), be))
+        torch.library.opcheck(torch.ops.dgmfast.channel_mix_bwd, (x.detach(), w.detach(), torch.randn_like(x), be))
 
 
 def test_channel_mix_bad_inputs_raise_clear_errors():
@@ -485,3 +487,18 @@ def test_channel_mix_torch_compile_fullgraph(be):
         return (y * y).sum()
 
     assert_compiled_matches_eager(step, (x, w), be)
+
+
+@pytest.mark.parametrize("be", ["cpu", "triton"])
+def test_dense_layer_compiles_fullgraph(be):
+    """Under torch.compile the dense layer takes its log-det and inverse from differentiable float64 slogdet and
+    inv (its cache keys on a data pointer, which a graph cannot hold); the reverse passes a column-major W^-1."""
+    layer = make_layer(5, lu=False).float()
+    perturb(layer, seed=23, scale=0.1)
+
+    def step(x):
+        y, ld = layer(x)
+        z, ld2 = layer(y * 0.5, reverse=True)
+        return (y * y).sum() + (z * z).sum() - ld.sum() + ld2.sum()
+
+    assert_compiled_matches_eager(step, (torch.randn(6, 5, 4, 3),), be, wrt=[layer.weight], rtol=1e-5, atol=1e-4)

@@ -105,6 +105,16 @@ class InvConv1x1(nn.Module):
                 self._cache = (key, diag.abs().log().sum(), torch.linalg.lu_solve(lu_mat, pivots, eye))
         return self._cache[1], self._cache[2]
 
+    def _traced_factorization(self):
+        """(log|det W|, W^-1) under torch.compile (lu=False): differentiable float64 slogdet and inverse, recomputed
+        per call, since the per-version cache keys on the weight's data pointer, which a graph cannot hold. At run
+        time a singular weight raises in inv, a non-finite one fails the graph's assert."""
+        w64 = self.weight.double()
+        sign, log_abs = torch.linalg.slogdet(w64)
+        torch._assert_async(torch.isfinite(log_abs) & (sign != 0),
+                            "InvConv1x1: the weight is singular or not finite; it must be invertible")
+        return log_abs.to(acc_dtype(self.weight.dtype)), torch.linalg.inv(w64).to(self.weight.dtype)
+
     def weight_matrix(self):
         """W (differentiable)."""
         return ref.lu_weight(*self._lu_params()) if self.lu else self.weight
@@ -113,6 +123,8 @@ class InvConv1x1(nn.Module):
         """log|det W| (differentiable), float32 or float64 like the parameters' accumulation dtype."""
         if self.lu:
             return self.log_abs_s.sum(dtype=acc_dtype(self.log_abs_s.dtype))
+        if torch.compiler.is_compiling():
+            return self._traced_factorization()[0]
         log_abs_det64, inverse64 = self._factorization()
         return _CachedLogAbsDet.apply(self.weight, log_abs_det64, inverse64)
 
@@ -120,6 +132,8 @@ class InvConv1x1(nn.Module):
         """W^-1 (differentiable), computed in float64."""
         if self.lu:
             return ref.lu_inverse(*self._lu_params())
+        if torch.compiler.is_compiling():
+            return self._traced_factorization()[1]
         return _CachedInverse.apply(self.weight, self._factorization()[1])
 
     def forward(self, x, reverse=False):

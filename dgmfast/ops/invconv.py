@@ -137,7 +137,8 @@ def invconv_lu_bwd(x: Tensor, perm: Tensor, lower: Tensor, upper: Tensor, sign_s
 
 @invconv_lu_bwd.register_fake
 def _(x, perm, lower, upper, sign_s, log_abs_s, grad_y, grad_logdet, reverse, backend):
-    return x.new_empty(x.shape), torch.empty_like(lower), torch.empty_like(upper), torch.empty_like(log_abs_s)
+    return x.new_empty(x.shape), lower.new_empty(lower.shape), upper.new_empty(upper.shape), log_abs_s.new_empty(
+        log_abs_s.shape)  # contiguous, as every backend returns them
 
 
 def _setup_context(ctx, inputs, output):
@@ -177,7 +178,7 @@ def channel_mix_bwd(x: Tensor, weight: Tensor, grad_y: Tensor, backend: str) -> 
 
 @channel_mix_bwd.register_fake
 def _(x, weight, grad_y, backend):
-    return x.new_empty(x.shape), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)  # contiguous, as every backend returns it
 
 
 def _mix_setup_context(ctx, inputs, output):
