@@ -64,7 +64,9 @@ def markdown(head, rows):
              "implementation (dgmfast.tune_cpu_allocator). "
              "Times are medians in ms (on CPUs of blocks timed interleaved across implementations, "
              "benchmarks/harness.py time_steps_ms); speedups are of the fastest dgmfast backend; GB/s counts "
-             "the bytes a fused kernel must move; saved = bytes autograd keeps for backward.", "",
+             "the bytes a fused kernel must move; % copy is that over the copy ceiling (a 256 MiB copy on a CPU, "
+             "1 GiB on a GPU: above 100 where an op's data fit in cache); saved = bytes autograd keeps for "
+             "backward.", "",
              "| op | shape | dtype | mode | eager | compile | " + " | ".join(backends)
              + " | x eager | x compile | GB/s | % copy | saved eager MiB | saved dgmfast MiB |",
              "|" + "---|" * (12 + len(backends))]
