@@ -372,6 +372,18 @@ def actnorm(x, loc, log_scale, *, reverse=False):
     return _actnorm.actnorm_fwd(x, loc, log_scale, bool(reverse), backend)
 
 
+def _check_channel_param(name, t, shape, x):
+    """A 1x1 conv parameter of x [B, C, ...]: `shape` (of C), x's accumulation dtype, x's device."""
+    check_tensor(name, t, min_dim=0)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} (C = x.shape[1]), got {tuple(t.shape)}")
+    acc = acc_dtype(x.dtype)
+    if t.dtype != acc:
+        raise TypeError(f"{name} must have dtype {acc} (the accumulation dtype of x's {x.dtype}), got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on device {x.device} (as x), got {t.device}")
+
+
 def invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, *, reverse=False):
     """Invertible 1x1 convolution in Glow's LU form, SPEC §4: ``(y, logdet)``.
 
@@ -397,16 +409,9 @@ def invconv_lu(x, perm, lower, upper, sign_s, log_abs_s, *, reverse=False):
     """
     check_tensor("x", x, min_dim=2)
     c = x.shape[1]
-    acc = acc_dtype(x.dtype)
     for name, t, shape in (("perm", perm, (c, c)), ("lower", lower, (c, c)), ("upper", upper, (c, c)),
                            ("sign_s", sign_s, (c,)), ("log_abs_s", log_abs_s, (c,))):
-        check_tensor(name, t, min_dim=0)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (C = x.shape[1]), got {tuple(t.shape)}")
-        if t.dtype != acc:
-            raise TypeError(f"{name} must have dtype {acc} (the accumulation dtype of x's {x.dtype}), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} must be on device {x.device} (as x), got {t.device}")
+        _check_channel_param(name, t, shape, x)
     return invconv_lu_unchecked(x, perm, lower, upper, sign_s, log_abs_s, reverse)
 
 
@@ -435,15 +440,7 @@ def channel_mix(x, weight):
         y = dgmfast.functional.channel_mix(x, w)                # x: [B, C, H, W], w: [C, C]
     """
     check_tensor("x", x, min_dim=2)
-    c = x.shape[1]
-    check_tensor("weight", weight, min_dim=0)
-    if tuple(weight.shape) != (c, c):
-        raise ValueError(f"weight must have shape {(c, c)} (C = x.shape[1]), got {tuple(weight.shape)}")
-    acc = acc_dtype(x.dtype)
-    if weight.dtype != acc:
-        raise TypeError(f"weight must have dtype {acc} (the accumulation dtype of x's {x.dtype}), got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"weight must be on device {x.device} (as x), got {weight.device}")
+    _check_channel_param("weight", weight, (x.shape[1], x.shape[1]), x)
     backend = select_backend("channel_mix", x.device, x.dtype)
     if backend == "torch":
         return reference.invconv.channel_matmul(x, weight.to(x.dtype))

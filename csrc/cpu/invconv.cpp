@@ -256,21 +256,27 @@ Mat mixing_grad(const at::Tensor& g, const at::Tensor& x) {
   return out;
 }
 
+// A parameter of the op `op` on x [B, C, ...]: shape `want`, x's accumulation dtype, x's device.
+void check_param(const at::Tensor& x, const char* op, const char* name, const at::Tensor& t,
+                 std::vector<int64_t> want) {
+  const at::IntArrayRef shape(want);
+  TORCH_CHECK(t.sizes() == shape, "dgmfast: ", op, " ", name, " must have shape ", shape, " (C = x.shape[1]), got ",
+              t.sizes());
+  const auto acc = acc_scalar_type(x.scalar_type());
+  TORCH_CHECK(t.scalar_type() == acc, "dgmfast: ", op, " ", name, " must have dtype ", acc,
+              " (the accumulation dtype of x's ", x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "dgmfast: ", op, " ", name, " must be on ", x.device(), ", got ", t.device());
+}
+
 void check_invconv_inputs(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lower,
                           const at::Tensor& upper, const at::Tensor& sign_s, const at::Tensor& log_abs_s) {
   TORCH_CHECK(x.dim() >= 2, "dgmfast: invconv x must be [B, C, ...], got shape ", x.sizes());
   const int64_t C = x.size(1);
-  const auto acc = acc_scalar_type(x.scalar_type());
-  for (const auto& [name, t, dim] : {std::tuple<const char*, const at::Tensor&, int64_t>{"perm", perm, 2},
-                                     {"lower", lower, 2}, {"upper", upper, 2}, {"sign_s", sign_s, 1},
-                                     {"log_abs_s", log_abs_s, 1}}) {
-    const std::vector<int64_t> want = dim == 2 ? std::vector<int64_t>{C, C} : std::vector<int64_t>{C};
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(want), "dgmfast: invconv ", name, " must have shape ", want,
-                " (C = x.shape[1]), got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == acc, "dgmfast: invconv ", name, " must have dtype ", acc,
-                " (the accumulation dtype of x's ", x.scalar_type(), "), got ", t.scalar_type());
-    TORCH_CHECK(t.device() == x.device(), "dgmfast: invconv ", name, " must be on ", x.device(), ", got ", t.device());
-  }
+  check_param(x, "invconv", "perm", perm, {C, C});
+  check_param(x, "invconv", "lower", lower, {C, C});
+  check_param(x, "invconv", "upper", upper, {C, C});
+  check_param(x, "invconv", "sign_s", sign_s, {C});
+  check_param(x, "invconv", "log_abs_s", log_abs_s, {C});
 }
 
 LUParams read_params(const at::Tensor& perm, const at::Tensor& lower, const at::Tensor& upper,
@@ -302,10 +308,9 @@ std::tuple<at::Tensor, at::Tensor> invconv_lu_fwd_cpu(const at::Tensor& x_in, co
 
 // Gradients of the LU parameters from grad_W: with W = P L M, grad_L = P^T grad_W M^T (strict lower part) and
 // grad_M = L^T P^T grad_W (strict upper part for `upper`; its diagonal times diag for log_abs_s).
-std::tuple<Mat, Mat, std::vector<double>> lu_param_grads(const LUParams& lu, const Mat& gw) {
+std::tuple<Mat, Mat, Mat> lu_param_grads(const LUParams& lu, const Mat& gw) {
   const int64_t C = lu.C;
-  Mat glm(C * C), g_lower(C * C, 0.0), g_upper(C * C, 0.0);
-  std::vector<double> g_ls(C);
+  Mat glm(C * C), g_lower(C * C, 0.0), g_upper(C * C, 0.0), g_ls(C);
   for (int64_t i = 0; i < C; ++i) std::copy_n(gw.data() + i * C, C, glm.data() + lu.p[i] * C);  // P^T grad_W
   for (int64_t r = 0; r < C; ++r) {
     for (int64_t k = 0; k < r; ++k) {
@@ -369,21 +374,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_lu_bwd_cpu(
   const double plane = static_cast<double>(plane_numel(x));
   for (int64_t k = 0; k < C; ++k) g_ls[k] += (reverse ? -plane : plane) * gld_sum;
   return {gx, to_tensor(g_lower, lower), to_tensor(g_upper, upper),
-          to_tensor(Mat(g_ls.begin(), g_ls.end()), log_abs_s)};
+          to_tensor(g_ls, log_abs_s)};
 }
 
 // ---- the dense form: y = W x with a given weight ----
 
 void check_channel_mix_inputs(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() >= 2, "dgmfast: channel_mix x must be [B, C, ...], got shape ", x.sizes());
-  const int64_t C = x.size(1);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == C && weight.size(1) == C,
-              "dgmfast: channel_mix weight must have shape [", C, ", ", C, "] (C = x.shape[1]), got ", weight.sizes());
-  const auto acc = acc_scalar_type(x.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == acc, "dgmfast: channel_mix weight must have dtype ", acc,
-              " (the accumulation dtype of x's ", x.scalar_type(), "), got ", weight.scalar_type());
-  TORCH_CHECK(weight.device() == x.device(), "dgmfast: channel_mix weight must be on ", x.device(), ", got ",
-              weight.device());
+  check_param(x, "channel_mix", "weight", weight, {x.size(1), x.size(1)});
 }
 
 Mat read_matrix(const at::Tensor& w) {

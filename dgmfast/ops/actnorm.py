@@ -12,14 +12,10 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import custom_op, is_plane_contiguous, logdet_like, triton_acc
+from dgmfast.ops.common import custom_op, logdet_like, plane_contiguous, triton_acc
 from dgmfast.reference.common import acc_dtype
 
 register_op("actnorm")  # every backend takes float16/bfloat16/float32/float64
-
-
-def _plane_contiguous(t):
-    return t if is_plane_contiguous(t) else t.contiguous()
 
 
 def _triton_tiles(B, S, device):
@@ -40,7 +36,7 @@ def _logdet(x, log_scale, reverse):
 def _fwd_triton(x, loc, log_scale, reverse):
     from dgmfast.kernels.actnorm import _actnorm_fwd_kernel
 
-    x = _plane_contiguous(x)
+    x = plane_contiguous(x)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     block_b, block_s, nb, ns = _triton_tiles(B, S, x.device)
     y = x.new_empty(x.shape)
@@ -55,7 +51,7 @@ def _fwd_triton(x, loc, log_scale, reverse):
 def _bwd_triton(x, loc, log_scale, gy, gld, reverse):
     from dgmfast.kernels.actnorm import _actnorm_bwd_kernel
 
-    x, gy = _plane_contiguous(x), _plane_contiguous(gy)
+    x, gy = plane_contiguous(x), plane_contiguous(gy)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     block_b, block_s, nb, ns = _triton_tiles(B, S, x.device)
     acc = acc_dtype(x.dtype)

@@ -32,6 +32,10 @@ def row_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if is_row_contiguous(t) else t.contiguous()
 
 
+def plane_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if is_plane_contiguous(t) else t.contiguous()
+
+
 def row_numel(t: torch.Tensor) -> int:
     return t[0].numel() if t.dim() > 0 and t.shape[0] > 0 else 0
 

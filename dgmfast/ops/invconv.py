@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dgmfast.backends import register_op
-from dgmfast.ops.common import custom_op, is_plane_contiguous, logdet_like, triton_acc
+from dgmfast.ops.common import custom_op, logdet_like, plane_contiguous, triton_acc
 from dgmfast.reference import invconv as ref
 from dgmfast.reference.common import acc_dtype
 
@@ -35,16 +35,12 @@ register_op("invconv_lu", _refusals)
 register_op("channel_mix", _refusals)
 
 
-def _plane_contiguous(t):
-    return t if is_plane_contiguous(t) else t.contiguous()
-
-
 def _mix_triton(x, a):
     """out = a @ x over the channels of x [B, C, ...] (a [C, C], any strides) with the Triton kernel."""
     import triton
     from dgmfast.kernels.invconv import _invconv_mix_kernel
 
-    x = _plane_contiguous(x)
+    x = plane_contiguous(x)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     out = x.new_empty(x.shape)
     cuda = x.device.type == "cuda"
@@ -63,12 +59,12 @@ def _mixing_grad_triton(g, x):
     import triton
     from dgmfast.kernels.invconv import _invconv_grad_kernel
 
-    g, x = _plane_contiguous(g), _plane_contiguous(x)
+    g, x = plane_contiguous(g), plane_contiguous(x)
     B, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     block_c = triton.next_power_of_2(max(C, 1))
     block_s = min(triton.next_power_of_2(max(S, 1)), max((4096 if x.device.type == "cuda" else 16384) // block_c, 16))
     ns = -(-S // block_s)
-    partial = torch.zeros((B * ns, C, C), dtype=acc_dtype(x.dtype), device=x.device)
+    partial = torch.empty((B * ns, C, C), dtype=acc_dtype(x.dtype), device=x.device)  # every slot written
     if B * ns > 0 and C > 0:
         _invconv_grad_kernel[(B * ns,)](g, x, partial, C, S, ns, g.stride(0), g.stride(1), x.stride(0), x.stride(1),
                                         ACC=triton_acc(x.dtype), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4)
